@@ -1,0 +1,766 @@
+//! Configuration: the TOML file as written (`RawConfig`, unknown keys rejected) and the validated
+//! [`Config`] the rest of the relay trusts.
+//!
+//! Owns: defaults, validation, secret lookup from the environment. Does not own: reading the file
+//! (the caller passes its text) or the process environment (the caller passes a lookup function).
+//! Pure. Guarantee: `Config::parse` reports every problem at once, each with its key path, and no
+//! error or `Debug` output contains a secret value or the broker password.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A webhook secret. Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The value, for computing a MAC. Never log or format it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// An AMQP URL; `Debug`/`Display` hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUrl(String);
+
+impl AmqpUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced, for logs.
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return "<unparsable amqp url>".to_owned();
+        };
+        let Some((userinfo, host)) = rest.split_once('@') else {
+            return self.0.clone();
+        };
+        let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+        format!("{scheme}://{user}:***@{host}")
+    }
+}
+
+impl std::fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AmqpUrl({})", self.redacted())
+    }
+}
+
+/// When a webhook gets its 2xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// After RabbitMQ confirmed the event (and it is flushed to disk).
+    Confirmed,
+    /// After the event is flushed to disk; publishing follows.
+    Durable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    store: RawStore,
+    amqp: RawAmqp,
+    #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    endpoint: Vec<RawEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    max_body_bytes: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    max_connections: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: PathBuf,
+    max_outbox_events: Option<u64>,
+    max_outbox_bytes: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAmqp {
+    url: String,
+    exchange: String,
+    routing_key: Option<String>,
+    max_in_flight: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    reconnect_max_backoff_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for RawAmqp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawAmqp").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    ack: Option<AckMode>,
+    confirm_timeout_ms: Option<u64>,
+    retry_after_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<LogFormat>,
+    level: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    name: String,
+    path: String,
+    environment: String,
+    secrets: Option<Vec<String>>,
+    secrets_env: Option<String>,
+    tolerance_secs: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated configuration.
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub amqp: AmqpConfig,
+    pub delivery: DeliveryConfig,
+    pub log: LogConfig,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub max_outbox_events: u64,
+    pub max_outbox_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AmqpConfig {
+    pub url: AmqpUrl,
+    pub exchange: String,
+    pub routing_key: RoutingKeyTemplate,
+    pub max_in_flight: usize,
+    pub connect_timeout: Duration,
+    pub reconnect_max_backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub ack: AckMode,
+    pub confirm_timeout: Duration,
+    pub retry_after_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub name: String,
+    pub path: String,
+    pub environment: String,
+    pub secrets: Vec<Secret>,
+    pub tolerance_secs: u32,
+}
+
+/// One segment of a routing-key template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Environment,
+    Type,
+    Endpoint,
+}
+
+/// `{environment}.{type}` and friends, parsed once at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingKeyTemplate(Vec<Segment>);
+
+impl RoutingKeyTemplate {
+    pub fn parse(template: &str) -> Result<Self, String> {
+        let mut segments = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                segments.push(Segment::Literal(rest[..open].to_owned()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| "unclosed '{'".to_owned())?;
+            let name = &rest[open + 1..open + close];
+            segments.push(match name {
+                "environment" => Segment::Environment,
+                "type" => Segment::Type,
+                "endpoint" => Segment::Endpoint,
+                other => {
+                    return Err(format!(
+                        "unknown placeholder {{{other}}}; use {{environment}}, {{type}} or {{endpoint}}"
+                    ));
+                }
+            });
+            rest = &rest[open + close + 1..];
+        }
+        if rest.contains('}') {
+            return Err("unmatched '}'".to_owned());
+        }
+        if !rest.is_empty() {
+            segments.push(Segment::Literal(rest.to_owned()));
+        }
+        Ok(Self(segments))
+    }
+
+    pub fn render(&self, environment: &str, event_type: &str, endpoint: &str) -> String {
+        self.0
+            .iter()
+            .map(|segment| match segment {
+                Segment::Literal(s) => s.as_str(),
+                Segment::Environment => environment,
+                Segment::Type => event_type,
+                Segment::Endpoint => endpoint,
+            })
+            .collect()
+    }
+}
+
+/// Every problem found in a config file, each with its key path.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+// Defaults, each with its reason.
+/// 0Gate publishes no size limit; 1 MiB is far above any envelope seen and bounds memory.
+const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// Chunked bodies keep every sled value small, but a body is still held in memory whole.
+const MAX_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+/// A sender that has not finished its headers in 10 s is not 0Gate.
+const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// 0Gate gives up after about 10 s; answering later is useless.
+const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 9_000;
+const DEFAULT_MAX_CONNECTIONS: u64 = 1_024;
+const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+/// About an hour of traffic at 30 events/s; past it 0Gate retries and we shed load.
+const DEFAULT_MAX_OUTBOX_EVENTS: u64 = 100_000;
+const DEFAULT_MAX_OUTBOX_BYTES: u64 = 1024 * 1024 * 1024;
+const DEFAULT_ROUTING_KEY: &str = "{environment}.{type}";
+/// Enough to keep a broker's confirm pipeline full across a loopback or LAN round trip.
+const DEFAULT_MAX_IN_FLIGHT: u64 = 256;
+const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_RECONNECT_MAX_BACKOFF_MS: u64 = 30_000;
+/// Below 0Gate's 10 s wait, so a late confirm becomes our 503 rather than its timeout.
+const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_RETRY_AFTER_SECS: u64 = 5;
+const DEFAULT_TOLERANCE_SECS: u64 = 300;
+/// AMQP short strings (exchange names, routing keys) are at most 255 bytes.
+const AMQP_SHORT_STRING: usize = 255;
+
+impl Config {
+    /// Parses and validates `text`; `env` looks up environment variables (for `secrets_env`).
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            problems: vec![redact_toml_error(&e)],
+        })?;
+        let mut problems = Vec::new();
+        let config = validate(raw, env, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// toml's messages quote the offending line, which may hold a secret: keep only the first line
+/// (what is wrong and where) and drop the excerpt.
+fn redact_toml_error(e: &toml::de::Error) -> String {
+    let mut message = e.message().to_owned();
+    if let Some(span) = e.span() {
+        message = format!("{message} (at byte {})", span.start);
+    }
+    message
+}
+
+fn validate(
+    raw: RawConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> Config {
+    let mut problem = |key: &str, what: String| problems.push(format!("{key}: {what}"));
+
+    let listen = raw.server.listen.parse().unwrap_or_else(|_| {
+        problem(
+            "server.listen",
+            format!(
+                "{:?} is not an address like 127.0.0.1:8080",
+                raw.server.listen
+            ),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    });
+    let mut positive = |key: &str, value: Option<u64>, default: u64, max: u64| -> u64 {
+        let v = value.unwrap_or(default);
+        if v == 0 || v > max {
+            problem(key, format!("{v} is out of range 1..={max}"));
+        }
+        v
+    };
+    let max_body_bytes = positive(
+        "server.max_body_bytes",
+        raw.server.max_body_bytes,
+        DEFAULT_MAX_BODY_BYTES,
+        MAX_MAX_BODY_BYTES,
+    );
+    let header_read_timeout_ms = positive(
+        "server.header_read_timeout_ms",
+        raw.server.header_read_timeout_ms,
+        DEFAULT_HEADER_READ_TIMEOUT_MS,
+        600_000,
+    );
+    let request_timeout_ms = positive(
+        "server.request_timeout_ms",
+        raw.server.request_timeout_ms,
+        DEFAULT_REQUEST_TIMEOUT_MS,
+        600_000,
+    );
+    let max_connections = positive(
+        "server.max_connections",
+        raw.server.max_connections,
+        DEFAULT_MAX_CONNECTIONS,
+        1_000_000,
+    );
+    let shutdown_grace_ms = positive(
+        "server.shutdown_grace_ms",
+        raw.server.shutdown_grace_ms,
+        DEFAULT_SHUTDOWN_GRACE_MS,
+        600_000,
+    );
+    let max_outbox_events = positive(
+        "store.max_outbox_events",
+        raw.store.max_outbox_events,
+        DEFAULT_MAX_OUTBOX_EVENTS,
+        u64::MAX,
+    );
+    let max_outbox_bytes = positive(
+        "store.max_outbox_bytes",
+        raw.store.max_outbox_bytes,
+        DEFAULT_MAX_OUTBOX_BYTES,
+        u64::MAX,
+    );
+    let max_in_flight = positive(
+        "amqp.max_in_flight",
+        raw.amqp.max_in_flight,
+        DEFAULT_MAX_IN_FLIGHT,
+        65_535,
+    );
+    let connect_timeout_ms = positive(
+        "amqp.connect_timeout_ms",
+        raw.amqp.connect_timeout_ms,
+        DEFAULT_CONNECT_TIMEOUT_MS,
+        600_000,
+    );
+    let reconnect_max_backoff_ms = positive(
+        "amqp.reconnect_max_backoff_ms",
+        raw.amqp.reconnect_max_backoff_ms,
+        DEFAULT_RECONNECT_MAX_BACKOFF_MS,
+        3_600_000,
+    );
+    let confirm_timeout_ms = positive(
+        "delivery.confirm_timeout_ms",
+        raw.delivery.confirm_timeout_ms,
+        DEFAULT_CONFIRM_TIMEOUT_MS,
+        600_000,
+    );
+    let retry_after_secs = positive(
+        "delivery.retry_after_secs",
+        raw.delivery.retry_after_secs,
+        DEFAULT_RETRY_AFTER_SECS,
+        3_600,
+    );
+
+    if confirm_timeout_ms >= request_timeout_ms {
+        problem(
+            "delivery.confirm_timeout_ms",
+            format!(
+                "{confirm_timeout_ms} must be below server.request_timeout_ms ({request_timeout_ms})"
+            ),
+        );
+    }
+    if raw.store.path.as_os_str().is_empty() {
+        problem("store.path", "must not be empty".to_owned());
+    }
+
+    let url = raw.amqp.url;
+    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        problem("amqp.url", "must start with amqp:// or amqps://".to_owned());
+    }
+    if raw.amqp.exchange.is_empty() || raw.amqp.exchange.len() > AMQP_SHORT_STRING {
+        problem(
+            "amqp.exchange",
+            format!("must be 1..={AMQP_SHORT_STRING} bytes"),
+        );
+    } else if raw.amqp.exchange.starts_with("amq.") {
+        problem(
+            "amqp.exchange",
+            "names starting with amq. are reserved by RabbitMQ".to_owned(),
+        );
+    }
+    let routing_key = RoutingKeyTemplate::parse(
+        raw.amqp
+            .routing_key
+            .as_deref()
+            .unwrap_or(DEFAULT_ROUTING_KEY),
+    )
+    .unwrap_or_else(|why| {
+        problem("amqp.routing_key", why);
+        RoutingKeyTemplate(Vec::new())
+    });
+
+    let level = raw.log.level.unwrap_or_else(|| "info".to_owned());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        problem(
+            "log.level",
+            format!("{level:?} is not a tracing filter such as \"info\""),
+        );
+    }
+
+    if raw.endpoint.is_empty() {
+        problem(
+            "endpoint",
+            "at least one [[endpoint]] is required".to_owned(),
+        );
+    }
+    let mut names = HashSet::new();
+    let mut paths = HashSet::new();
+    let mut endpoints = Vec::new();
+    for (i, e) in raw.endpoint.into_iter().enumerate() {
+        let key = |field: &str| format!("endpoint[{i}].{field}");
+        if !valid_name(&e.name) {
+            problem(
+                &key("name"),
+                format!("{:?} must be 1-64 of [A-Za-z0-9_-]", e.name),
+            );
+        } else if !names.insert(e.name.clone()) {
+            problem(&key("name"), format!("{:?} is used twice", e.name));
+        }
+        if !e.path.starts_with('/')
+            || e.path.contains(['?', '#'])
+            || e.path.chars().any(char::is_whitespace)
+        {
+            problem(
+                &key("path"),
+                format!(
+                    "{:?} must start with / and have no query, fragment or spaces",
+                    e.path
+                ),
+            );
+        } else if !paths.insert(e.path.clone()) {
+            problem(&key("path"), format!("{:?} is used twice", e.path));
+        }
+        if !valid_name(&e.environment) {
+            problem(
+                &key("environment"),
+                format!("{:?} must be 1-64 of [A-Za-z0-9_-]", e.environment),
+            );
+        }
+        let secrets = endpoint_secrets(&e, env, &key, &mut problem);
+        let tolerance = e.tolerance_secs.unwrap_or(DEFAULT_TOLERANCE_SECS);
+        if tolerance == 0 || tolerance > 86_400 {
+            problem(
+                &key("tolerance_secs"),
+                format!("{tolerance} is out of range 1..=86400"),
+            );
+        }
+        endpoints.push(Endpoint {
+            name: e.name,
+            path: e.path,
+            environment: e.environment,
+            secrets,
+            tolerance_secs: u32::try_from(tolerance).unwrap_or(u32::MAX),
+        });
+    }
+
+    let ms = Duration::from_millis;
+    Config {
+        server: ServerConfig {
+            listen,
+            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            header_read_timeout: ms(header_read_timeout_ms),
+            request_timeout: ms(request_timeout_ms),
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            shutdown_grace: ms(shutdown_grace_ms),
+        },
+        store: StoreConfig {
+            path: raw.store.path,
+            max_outbox_events,
+            max_outbox_bytes,
+        },
+        amqp: AmqpConfig {
+            url: AmqpUrl(url),
+            exchange: raw.amqp.exchange,
+            routing_key,
+            max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
+            connect_timeout: ms(connect_timeout_ms),
+            reconnect_max_backoff: ms(reconnect_max_backoff_ms),
+        },
+        delivery: DeliveryConfig {
+            ack: raw.delivery.ack.unwrap_or(AckMode::Confirmed),
+            confirm_timeout: ms(confirm_timeout_ms),
+            retry_after_secs,
+        },
+        log: LogConfig {
+            format: raw.log.format.unwrap_or(LogFormat::Json),
+            level,
+        },
+        endpoints,
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Secrets from `secrets` (inline) or `secrets_env` (comma-separated), exactly one of them.
+fn endpoint_secrets(
+    e: &RawEndpoint,
+    env: &dyn Fn(&str) -> Option<String>,
+    key: &dyn Fn(&str) -> String,
+    problem: &mut dyn FnMut(&str, String),
+) -> Vec<Secret> {
+    let values: Vec<String> = match (&e.secrets, &e.secrets_env) {
+        (Some(_), Some(_)) => {
+            problem(
+                &key("secrets"),
+                "set either secrets or secrets_env, not both".to_owned(),
+            );
+            return Vec::new();
+        }
+        (None, None) => {
+            problem(
+                &key("secrets"),
+                "set secrets (inline) or secrets_env (environment variable)".to_owned(),
+            );
+            return Vec::new();
+        }
+        (Some(inline), None) => inline.clone(),
+        (None, Some(var)) => match env(var) {
+            Some(list) => list
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            None => {
+                problem(
+                    &key("secrets_env"),
+                    format!("environment variable {var} is not set"),
+                );
+                return Vec::new();
+            }
+        },
+    };
+    if values.is_empty() {
+        problem(
+            &key("secrets"),
+            "at least one secret is required".to_owned(),
+        );
+    }
+    for (j, value) in values.iter().enumerate() {
+        // Short secrets are guessable; 0Gate's are whsec_ plus a long random tail.
+        if value.len() < 16 {
+            problem(
+                &key(&format!("secrets[{j}]")),
+                "is shorter than 16 characters (value not shown)".to_owned(),
+            );
+        }
+    }
+    values.into_iter().map(Secret::new).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [server]
+        listen = "127.0.0.1:8080"
+        [store]
+        path = "./data"
+        [amqp]
+        url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        exchange = "gate.events"
+        [[endpoint]]
+        name = "live"
+        path = "/webhooks/0gate/live"
+        environment = "live"
+        secrets = ["whsec_live_0123456789abcdef"]
+    "#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL, &no_env).expect("valid");
+        assert_eq!(c.server.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.delivery.ack, AckMode::Confirmed);
+        assert_eq!(c.delivery.confirm_timeout, Duration::from_secs(5));
+        assert_eq!(c.endpoints[0].tolerance_secs, 300);
+        assert_eq!(c.amqp.routing_key.render("live", "a.b", "ep"), "live.a.b");
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../config.toml.example");
+        Config::parse(text, &no_env).expect("config.toml.example must stay valid");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let text = MINIMAL.replace("[store]", "[store]\nsurprise = 1");
+        let err = Config::parse(&text, &no_env).expect_err("unknown key");
+        assert!(err.problems[0].contains("surprise"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let text = MINIMAL
+            .replace("127.0.0.1:8080", "nope")
+            .replace(
+                "\"gate.events\"",
+                "\"gate.events\"\nrouting_key = \"{env}\"",
+            )
+            .replace(
+                "secrets = [\"whsec_live_0123456789abcdef\"]",
+                "secrets = [\"whsec_short\"]",
+            )
+            .replace("[store]", "[delivery]\nconfirm_timeout_ms = 20000\n[store]");
+        let err = Config::parse(&text, &no_env).expect_err("invalid");
+        let all = err.to_string();
+        for key in [
+            "server.listen",
+            "amqp.routing_key",
+            "endpoint[0].secrets[0]",
+            "delivery.confirm_timeout_ms",
+        ] {
+            assert!(all.contains(key), "{key} missing from {all}");
+        }
+        assert!(!all.contains("whsec_short"), "secret leaked: {all}");
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment() {
+        let text = MINIMAL.replace(
+            "secrets = [\"whsec_live_0123456789abcdef\"]",
+            "secrets_env = \"LIVE_SECRETS\"",
+        );
+        let env = |name: &str| {
+            (name == "LIVE_SECRETS")
+                .then(|| "whsec_new_0123456789abcdef, whsec_old_0123456789abcdef".to_owned())
+        };
+        let c = Config::parse(&text, &env).expect("valid");
+        let got: Vec<&str> = c.endpoints[0].secrets.iter().map(Secret::expose).collect();
+        assert_eq!(
+            got,
+            ["whsec_new_0123456789abcdef", "whsec_old_0123456789abcdef"]
+        );
+        let err = Config::parse(&text, &no_env).expect_err("unset variable");
+        assert!(err.to_string().contains("endpoint[0].secrets_env"), "{err}");
+    }
+
+    #[test]
+    fn secrets_and_password_never_show_in_debug() {
+        let c = Config::parse(MINIMAL, &no_env).expect("valid");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("whsec_live"), "{debug}");
+        assert!(!debug.contains("guest:guest"), "{debug}");
+        assert_eq!(c.amqp.url.redacted(), "amqp://guest:***@127.0.0.1:5672/%2f");
+    }
+
+    #[test]
+    fn toml_syntax_errors_do_not_quote_the_file() {
+        let text = MINIMAL.replace(
+            "secrets = [\"whsec_live_0123456789abcdef\"]",
+            "secrets = [\"whsec_live_0123456789abcdef\"",
+        );
+        let err = Config::parse(&text, &no_env).expect_err("syntax");
+        assert!(!err.to_string().contains("whsec_live"), "{err}");
+    }
+
+    #[test]
+    fn routing_key_templates() {
+        let t = RoutingKeyTemplate::parse("gate.{endpoint}.{environment}.{type}").expect("valid");
+        assert_eq!(
+            t.render("live", "kyc.required", "main"),
+            "gate.main.live.kyc.required"
+        );
+        assert!(RoutingKeyTemplate::parse("{nope}").is_err());
+        assert!(RoutingKeyTemplate::parse("{type").is_err());
+        assert!(RoutingKeyTemplate::parse("a}").is_err());
+    }
+}

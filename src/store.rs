@@ -1,0 +1,659 @@
+//! The durable dedupe store and outbox, on sled `=0.34.7`.
+//!
+//! Owns: one record per (environment, event id), the raw bodies of events not yet published, the
+//! outbox order, and durability (group commit). Does not own: what the records mean to HTTP or to
+//! RabbitMQ. Knows only sled and the filesystem.
+//!
+//! Layout: tree `events` maps `environment \0 event id` to a JSON [`EventRecord`]; tree `outbox`
+//! maps a big-endian sequence number (arrival order) to the event key; tree `bodies` maps
+//! `sequence ++ chunk number` to at most [`BODY_CHUNK`] bytes of the body.
+//!
+//! Guarantees:
+//! - [`Store::admit`] writes record, outbox entry and body chunks in one sled transaction: a
+//!   record is never durable without its body. Concurrent admits of one key yield exactly one
+//!   `New`; the others see it.
+//! - A write is durable once [`Store::admit`] returns: it waits for a flush generation that
+//!   started after the write. A flush is sled's `flush` (which on Linux ends in
+//!   `sync_file_range`, data only) followed by `fsync` of the data file, of every blob file sled
+//!   wrote since the last flush (sled never syncs them) and of the blob directory. One flusher
+//!   serves every waiting request (group commit).
+//! - Marking an event published is not waited on: losing it in a crash only means the event is
+//!   published again with the same `message_id`, which consumers drop.
+//! - Remaining gap: sled may write a log entry pointing at a blob before our `fsync` of that blob;
+//!   a power cut in that window can leave sled unable to read that one page. Keeping values small
+//!   ([`BODY_CHUNK`]) makes blobs rare: only leaf pages holding many large chunks become blobs.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::StoreConfig;
+use crate::event::EventId;
+
+/// sled turns log items over a quarter segment (128 KiB by default) into never-synced blob files;
+/// 32 KiB chunks keep single values far below that.
+pub const BODY_CHUNK: usize = 32 * 1024;
+
+/// After a failed flush, wait this long before trying again rather than spinning on a bad disk.
+const FLUSH_RETRY: Duration = Duration::from_millis(100);
+
+/// Where an event is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventState {
+    /// Stored; not yet confirmed by the broker.
+    Pending,
+    /// Confirmed by the broker (`Ack` without a returned message).
+    Published,
+}
+
+/// What the relay knows about an event besides its body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub state: EventState,
+    pub seq: u64,
+    pub environment: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub endpoint: String,
+    pub received_at_ms: u64,
+    pub published_at_ms: Option<u64>,
+    pub body_sha256: String,
+    pub size: u64,
+    pub request_id: String,
+    /// The `Gate-Signature` header as received, forwarded so consumers can verify again.
+    pub signature: String,
+}
+
+/// The dedupe key: environment and event id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventKey(Vec<u8>);
+
+impl EventKey {
+    /// Environment names never contain `\0` (config validates them), so the split is unambiguous.
+    pub fn new(environment: &str, id: &EventId) -> Self {
+        let mut key = Vec::with_capacity(environment.len() + 1 + id.as_str().len());
+        key.extend_from_slice(environment.as_bytes());
+        key.push(0);
+        key.extend_from_slice(id.as_str().as_bytes());
+        Self(key)
+    }
+}
+
+/// A first sighting, as ingest hands it over.
+#[derive(Debug)]
+pub struct NewEvent<'a> {
+    pub key: &'a EventKey,
+    pub environment: &'a str,
+    pub event_id: &'a EventId,
+    pub event_type: &'a str,
+    pub endpoint: &'a str,
+    pub received_at_ms: u64,
+    pub request_id: &'a str,
+    pub signature: &'a str,
+    pub body: &'a Bytes,
+}
+
+/// The result of [`Store::admit`], returned once it is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// First sight: recorded and queued for publishing.
+    New,
+    /// Seen before; its record as it stood.
+    Seen(EventState),
+}
+
+/// One event waiting in the outbox.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub seq: u64,
+    pub key: EventKey,
+    pub record: EventRecord,
+    pub body: Bytes,
+}
+
+/// Outbox depth, kept in memory and rebuilt on open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxDepth {
+    pub events: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the outbox is full ({events} events, {bytes} bytes)")]
+    OutboxFull { events: u64, bytes: u64 },
+    #[error("storage failure: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("storage i/o failure: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a stored record is unreadable: {0}")]
+    Corrupt(String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+pub struct Store {
+    db: sled::Db,
+    events: sled::Tree,
+    outbox: sled::Tree,
+    bodies: sled::Tree,
+    path: PathBuf,
+    max_outbox_events: u64,
+    max_outbox_bytes: u64,
+    outbox_events: AtomicU64,
+    outbox_bytes: AtomicU64,
+    /// Generation requested by the newest write; the flusher covers it on its next round.
+    written: AtomicU64,
+    wake_flusher: Notify,
+    flushed: watch::Sender<u64>,
+    /// Blob files already fsynced, so each round syncs only new ones.
+    synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
+    /// Wakes the publisher when the outbox gains an event.
+    outbox_grew: Notify,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn decode_record(bytes: &[u8]) -> Result<EventRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn encode_record(record: &EventRecord) -> Vec<u8> {
+    serde_json::to_vec(record).expect("an EventRecord always serialises")
+}
+
+fn chunk_key(seq: u64, chunk: u32) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..8].copy_from_slice(&seq.to_be_bytes());
+    key[8..].copy_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+fn chunk_count(size: u64) -> u32 {
+    let chunk = BODY_CHUNK as u64;
+    u32::try_from(size.div_ceil(chunk)).expect("bodies are capped far below 4 billion chunks")
+}
+
+/// Outbox values: body size (for the byte bound) then the event key.
+fn outbox_value(size: u64, key: &EventKey) -> Vec<u8> {
+    let mut value = size.to_be_bytes().to_vec();
+    value.extend_from_slice(&key.0);
+    value
+}
+
+fn parse_outbox_entry(k: &[u8], v: &[u8]) -> Result<(u64, u64, EventKey), StoreError> {
+    let corrupt = || StoreError::Corrupt("outbox entry".to_owned());
+    let seq = u64::from_be_bytes(k.try_into().map_err(|_| corrupt())?);
+    let (size, key) = v.split_at_checked(8).ok_or_else(corrupt)?;
+    let size = u64::from_be_bytes(size.try_into().map_err(|_| corrupt())?);
+    Ok((seq, size, EventKey(key.to_vec())))
+}
+
+impl Store {
+    /// Opens (or creates) the store and rebuilds the outbox counters.
+    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&config.path)?;
+        let db = sled::Config::new().path(&config.path).open()?;
+        let store = Self {
+            events: db.open_tree("events")?,
+            outbox: db.open_tree("outbox")?,
+            bodies: db.open_tree("bodies")?,
+            db,
+            path: config.path.clone(),
+            max_outbox_events: config.max_outbox_events,
+            max_outbox_bytes: config.max_outbox_bytes,
+            outbox_events: AtomicU64::new(0),
+            outbox_bytes: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            wake_flusher: Notify::new(),
+            flushed: watch::Sender::new(0),
+            synced_blobs: Mutex::new(HashSet::new()),
+            outbox_grew: Notify::new(),
+        };
+        let (mut events, mut bytes) = (0, 0);
+        for entry in store.outbox.iter() {
+            let (k, v) = entry?;
+            let (_, size, _) = parse_outbox_entry(&k, &v)?;
+            events += 1;
+            bytes += size;
+        }
+        store.outbox_events.store(events, Ordering::SeqCst);
+        store.outbox_bytes.store(bytes, Ordering::SeqCst);
+        // The directory entries of files sled just created must survive a power cut too.
+        store.sync_all()?;
+        Ok(store)
+    }
+
+    pub fn outbox_depth(&self) -> OutboxDepth {
+        OutboxDepth {
+            events: self.outbox_events.load(Ordering::SeqCst),
+            bytes: self.outbox_bytes.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Records a first sighting and queues it, or reports the existing record; returns once the
+    /// outcome is durable (a duplicate waits for the flush covering the first record too).
+    pub async fn admit(&self, new: NewEvent<'_>) -> Result<Admission, StoreError> {
+        let admission = self.admit_in_memory(&new)?;
+        self.wait_durable().await?;
+        Ok(admission)
+    }
+
+    fn admit_in_memory(&self, new: &NewEvent<'_>) -> Result<Admission, StoreError> {
+        if let Some(existing) = self.events.get(&new.key.0)? {
+            return Ok(Admission::Seen(decode_record(&existing)?.state));
+        }
+        let size = new.body.len() as u64;
+        let depth = self.outbox_depth();
+        // A soft bound: concurrent admits may pass it by a few events, never without limit.
+        if depth.events >= self.max_outbox_events || depth.bytes + size > self.max_outbox_bytes {
+            return Err(StoreError::OutboxFull {
+                events: depth.events,
+                bytes: depth.bytes,
+            });
+        }
+        let seq = self.db.generate_id()?;
+        let record = encode_record(&EventRecord {
+            state: EventState::Pending,
+            seq,
+            environment: new.environment.to_owned(),
+            event_id: new.event_id.as_str().to_owned(),
+            event_type: new.event_type.to_owned(),
+            endpoint: new.endpoint.to_owned(),
+            received_at_ms: new.received_at_ms,
+            published_at_ms: None,
+            body_sha256: hex::encode(Sha256::digest(new.body)),
+            size,
+            request_id: new.request_id.to_owned(),
+            signature: new.signature.to_owned(),
+        });
+        let outbox_entry = outbox_value(size, new.key);
+        // The closure may run several times (optimistic concurrency): it only reads and writes.
+        let outcome =
+            (&self.events, &self.outbox, &self.bodies).transaction(|(events, outbox, bodies)| {
+                if let Some(existing) = events.get(&new.key.0)? {
+                    return Ok(Some(existing));
+                }
+                events.insert(new.key.0.as_slice(), record.as_slice())?;
+                outbox.insert(&seq.to_be_bytes(), outbox_entry.as_slice())?;
+                for (i, chunk) in new.body.chunks(BODY_CHUNK).enumerate() {
+                    let i = u32::try_from(i).expect("bodies are capped far below 4 billion chunks");
+                    bodies.insert(&chunk_key(seq, i), chunk)?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(None)
+            });
+        match outcome {
+            Ok(Some(existing)) => Ok(Admission::Seen(decode_record(&existing)?.state)),
+            Ok(None) => {
+                self.outbox_events.fetch_add(1, Ordering::SeqCst);
+                self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
+                self.outbox_grew.notify_one();
+                Ok(Admission::New)
+            }
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => unreachable!("the admit transaction never aborts"),
+        }
+    }
+
+    /// Waits until a flush that started after this call has completed.
+    async fn wait_durable(&self) -> Result<(), StoreError> {
+        let ticket = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake_flusher.notify_one();
+        let mut flushed = self.flushed.subscribe();
+        flushed
+            .wait_for(|&generation| generation >= ticket)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(())
+    }
+
+    /// The record for `key`, if any.
+    pub fn record(&self, key: &EventKey) -> Result<Option<EventRecord>, StoreError> {
+        self.events
+            .get(&key.0)?
+            .map(|v| decode_record(&v))
+            .transpose()
+    }
+
+    /// Up to `limit` outbox events with a sequence number above `after`, in arrival order.
+    pub fn pending_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Pending>, StoreError> {
+        let start = after.map_or(0, |seq| seq.saturating_add(1));
+        let mut out = Vec::new();
+        for entry in self.outbox.range(start.to_be_bytes()..).take(limit) {
+            let (k, v) = entry?;
+            let (seq, size, key) = parse_outbox_entry(&k, &v)?;
+            let Some(record) = self.record(&key)? else {
+                return Err(StoreError::Corrupt(format!(
+                    "outbox entry {seq} has no record"
+                )));
+            };
+            let mut body = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+            for chunk in self
+                .bodies
+                .range(chunk_key(seq, 0)..=chunk_key(seq, u32::MAX))
+            {
+                body.extend_from_slice(&chunk?.1);
+            }
+            if body.len() as u64 != size {
+                return Err(StoreError::Corrupt(format!(
+                    "outbox entry {seq} body is incomplete"
+                )));
+            }
+            out.push(Pending {
+                seq,
+                key,
+                record,
+                body: body.freeze(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Resolves when the outbox may have gained events since the last call.
+    pub async fn outbox_grew(&self) {
+        self.outbox_grew.notified().await;
+    }
+
+    /// Marks events confirmed by the broker: record `published`, outbox entry and body removed.
+    /// Not waited on for durability (see the module guarantee).
+    pub fn mark_published(&self, confirmed: &[(u64, EventKey)]) -> Result<(), StoreError> {
+        if confirmed.is_empty() {
+            return Ok(());
+        }
+        let published_at = now_ms();
+        let removed =
+            (&self.events, &self.outbox, &self.bodies).transaction(|(events, outbox, bodies)| {
+                let (mut count, mut bytes) = (0u64, 0u64);
+                for (seq, key) in confirmed {
+                    if outbox.remove(&seq.to_be_bytes())?.is_none() {
+                        continue; // already marked (a republish confirmed twice)
+                    }
+                    let Some(raw) = events.get(&key.0)? else {
+                        continue;
+                    };
+                    let Ok(mut record) = serde_json::from_slice::<EventRecord>(&raw) else {
+                        continue;
+                    };
+                    record.state = EventState::Published;
+                    record.published_at_ms = Some(published_at);
+                    events.insert(key.0.as_slice(), encode_record(&record))?;
+                    for i in 0..chunk_count(record.size) {
+                        bodies.remove(&chunk_key(*seq, i))?;
+                    }
+                    count += 1;
+                    bytes += record.size;
+                }
+                Ok::<_, ConflictableTransactionError<()>>((count, bytes))
+            });
+        match removed {
+            Ok((count, bytes)) => {
+                self.outbox_events.fetch_sub(count, Ordering::SeqCst);
+                self.outbox_bytes.fetch_sub(bytes, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => {
+                unreachable!("the publish transaction never aborts")
+            }
+        }
+    }
+
+    /// sled's flush, then the fsyncs it leaves out (see the module guarantee). Blocking.
+    fn sync_all(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        File::open(self.path.join("db"))?.sync_all()?;
+        let blob_dir = self.path.join("blobs");
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .expect("no panics while holding the lock");
+        let mut present = HashSet::new();
+        let mut any_new = false;
+        let entries = match std::fs::read_dir(&blob_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                File::open(entry.path())?.sync_all()?;
+                any_new = true;
+            }
+            present.insert(name);
+        }
+        if any_new {
+            File::open(&blob_dir)?.sync_all()?;
+        }
+        *synced = present;
+        Ok(())
+    }
+
+    /// Group commit: one flush per round covers every write made before the round started.
+    /// Runs until `shutdown`, then flushes once more.
+    pub async fn run_flusher(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = self.wake_flusher.notified() => {}
+                () = shutdown.cancelled() => break,
+            }
+            let target = self.written.load(Ordering::SeqCst);
+            if target <= *self.flushed.borrow() {
+                continue;
+            }
+            if let Err(e) = self.flush_blocking().await {
+                tracing::error!(error = %e, "store flush failed; retrying");
+                self.wake_flusher.notify_one();
+                tokio::select! {
+                    () = tokio::time::sleep(FLUSH_RETRY) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            self.flushed.send_replace(target);
+        }
+        let target = self.written.load(Ordering::SeqCst);
+        match self.flush_blocking().await {
+            Ok(()) => {
+                self.flushed.send_replace(target);
+                tracing::info!("store flushed");
+            }
+            Err(e) => tracing::error!(error = %e, "final store flush failed"),
+        }
+    }
+
+    async fn flush_blocking(self: &Arc<Self>) -> Result<(), StoreError> {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || store.sync_all())
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Bytes the store takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &std::path::Path, max_events: u64) -> Arc<Store> {
+        let config = StoreConfig {
+            path: dir.to_path_buf(),
+            max_outbox_events: max_events,
+            max_outbox_bytes: 1 << 30,
+        };
+        Arc::new(Store::open(&config).expect("open store"))
+    }
+
+    fn admit_sync(store: &Store, id: &str, body: &Bytes) -> Result<Admission, StoreError> {
+        let event_id = EventId::parse(id).expect("valid id");
+        let key = EventKey::new("live", &event_id);
+        store.admit_in_memory(&NewEvent {
+            key: &key,
+            environment: "live",
+            event_id: &event_id,
+            event_type: "a.b",
+            endpoint: "ep",
+            received_at_ms: 1,
+            request_id: "r",
+            signature: "t=1,v1=00",
+            body,
+        })
+    }
+
+    #[test]
+    fn large_bodies_round_trip_in_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 10);
+        let body = Bytes::from(
+            (0..BODY_CHUNK * 3 + 17)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            admit_sync(&store, "e1", &body).expect("admit"),
+            Admission::New
+        );
+        let pending = store.pending_after(None, 10).expect("pending");
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].body, body);
+        assert_eq!(
+            store.outbox_depth(),
+            OutboxDepth {
+                events: 1,
+                bytes: body.len() as u64
+            }
+        );
+        store
+            .mark_published(&[(pending[0].seq, pending[0].key.clone())])
+            .expect("mark");
+        assert_eq!(
+            store.outbox_depth(),
+            OutboxDepth {
+                events: 0,
+                bytes: 0
+            }
+        );
+        assert_eq!(store.bodies.len(), 0, "published bodies leave the store");
+        assert_eq!(
+            admit_sync(&store, "e1", &body).expect("again"),
+            Admission::Seen(EventState::Published)
+        );
+    }
+
+    #[test]
+    fn outbox_bound_refuses_new_events_but_not_duplicates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 1);
+        let body = Bytes::from_static(b"{}");
+        admit_sync(&store, "e1", &body).expect("first");
+        assert!(matches!(
+            admit_sync(&store, "e2", &body),
+            Err(StoreError::OutboxFull { .. })
+        ));
+        assert_eq!(
+            admit_sync(&store, "e1", &body).expect("dup"),
+            Admission::Seen(EventState::Pending)
+        );
+    }
+
+    #[test]
+    fn outbox_survives_reopen_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = open(dir.path(), 10);
+            for id in ["a", "b", "c"] {
+                admit_sync(&store, id, &Bytes::from_static(b"xy")).expect("admit");
+            }
+            store.sync_all().expect("flush");
+        }
+        let store = open(dir.path(), 10);
+        let ids: Vec<String> = store
+            .pending_after(None, 10)
+            .expect("pending")
+            .into_iter()
+            .map(|p| p.record.event_id)
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(
+            store.outbox_depth(),
+            OutboxDepth {
+                events: 3,
+                bytes: 6
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_admits_of_one_id_record_it_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 100);
+        let shutdown = CancellationToken::new();
+        let flusher = tokio::spawn(Arc::clone(&store).run_flusher(shutdown.clone()));
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                let id = EventId::parse("same").expect("valid");
+                let key = EventKey::new("live", &id);
+                let body = Bytes::from_static(b"{}");
+                store
+                    .admit(NewEvent {
+                        key: &key,
+                        environment: "live",
+                        event_id: &id,
+                        event_type: "t",
+                        endpoint: "ep",
+                        received_at_ms: 1,
+                        request_id: "r",
+                        signature: "s",
+                        body: &body,
+                    })
+                    .await
+            }));
+        }
+        let mut new = 0;
+        for task in tasks {
+            if task.await.expect("join").expect("admit") == Admission::New {
+                new += 1;
+            }
+        }
+        assert_eq!(new, 1);
+        assert_eq!(store.outbox_depth().events, 1);
+        shutdown.cancel();
+        flusher.await.expect("flusher");
+    }
+}
