@@ -99,6 +99,8 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
     endpoint: Vec<RawEndpoint>,
 }
 
@@ -129,6 +131,7 @@ struct RawAmqp {
     routing_key: Option<String>,
     max_in_flight: Option<u64>,
     connect_timeout_ms: Option<u64>,
+    publish_confirm_timeout_ms: Option<u64>,
     reconnect_max_backoff_ms: Option<u64>,
 }
 
@@ -144,6 +147,12 @@ struct RawDelivery {
     ack: Option<AckMode>,
     confirm_timeout_ms: Option<u64>,
     retry_after_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,7 +183,14 @@ pub struct Config {
     pub amqp: AmqpConfig,
     pub delivery: DeliveryConfig,
     pub log: LogConfig,
+    pub admin: AdminConfig,
     pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Health, readiness and metrics; loopback by default.
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +217,8 @@ pub struct AmqpConfig {
     pub routing_key: RoutingKeyTemplate,
     pub max_in_flight: usize,
     pub connect_timeout: Duration,
+    /// How long the publisher waits for one confirm before treating the channel as broken.
+    pub publish_confirm_timeout: Duration,
     pub reconnect_max_backoff: Duration,
 }
 
@@ -306,10 +324,13 @@ const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// About an hour of traffic at 30 events/s; past it 0Gate retries and we shed load.
 const DEFAULT_MAX_OUTBOX_EVENTS: u64 = 100_000;
 const DEFAULT_MAX_OUTBOX_BYTES: u64 = 1024 * 1024 * 1024;
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const DEFAULT_ROUTING_KEY: &str = "{environment}.{type}";
 /// Enough to keep a broker's confirm pipeline full across a loopback or LAN round trip.
 const DEFAULT_MAX_IN_FLIGHT: u64 = 256;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// A confirm this late means a blocked or broken broker; the connection is replaced.
+const DEFAULT_PUBLISH_CONFIRM_TIMEOUT_MS: u64 = 15_000;
 const DEFAULT_RECONNECT_MAX_BACKOFF_MS: u64 = 30_000;
 /// Below 0Gate's 10 s wait, so a late confirm becomes our 503 rather than its timeout.
 const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 5_000;
@@ -358,6 +379,14 @@ fn validate(
                 "{:?} is not an address like 127.0.0.1:8080",
                 raw.server.listen
             ),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    });
+    let admin_listen = raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+    let admin_listen = admin_listen.parse().unwrap_or_else(|_| {
+        problem(
+            "admin.listen",
+            format!("{admin_listen:?} is not an address like 127.0.0.1:9090"),
         );
         SocketAddr::from(([127, 0, 0, 1], 0))
     });
@@ -420,6 +449,12 @@ fn validate(
         "amqp.connect_timeout_ms",
         raw.amqp.connect_timeout_ms,
         DEFAULT_CONNECT_TIMEOUT_MS,
+        600_000,
+    );
+    let publish_confirm_timeout_ms = positive(
+        "amqp.publish_confirm_timeout_ms",
+        raw.amqp.publish_confirm_timeout_ms,
+        DEFAULT_PUBLISH_CONFIRM_TIMEOUT_MS,
         600_000,
     );
     let reconnect_max_backoff_ms = positive(
@@ -564,6 +599,7 @@ fn validate(
             routing_key,
             max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
             connect_timeout: ms(connect_timeout_ms),
+            publish_confirm_timeout: ms(publish_confirm_timeout_ms),
             reconnect_max_backoff: ms(reconnect_max_backoff_ms),
         },
         delivery: DeliveryConfig {
@@ -574,6 +610,9 @@ fn validate(
         log: LogConfig {
             format: raw.log.format.unwrap_or(LogFormat::Json),
             level,
+        },
+        admin: AdminConfig {
+            listen: admin_listen,
         },
         endpoints,
     }

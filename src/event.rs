@@ -102,7 +102,12 @@ mod tests {
     fn envelope_table() {
         let long_id = "x".repeat(MAX_ID_LEN + 1);
         let long_id_body = format!(r#"{{"id":"{long_id}","type":"a"}}"#);
-        let cases: Vec<(&str, &str, Result<(&str, &str, Option<i64>), EnvelopeError>)> = vec![
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            Result<(&'a str, &'a str, Option<i64>), EnvelopeError>,
+        );
+        let cases: Vec<Case<'_>> = vec![
             (
                 "full",
                 r#"{"id":"evt_1","type":"gate_session.completed","created_at":1782475200,"data":{"x":1}}"#,

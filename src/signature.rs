@@ -30,6 +30,7 @@ const MAX_V1_VALUES: usize = 8;
 #[derive(Debug, Clone)]
 pub struct Verified {
     body: Bytes,
+    header: String,
     timestamp: i64,
     secret_index: usize,
 }
@@ -38,6 +39,11 @@ impl Verified {
     /// The raw bytes exactly as received.
     pub fn body(&self) -> &Bytes {
         &self.body
+    }
+
+    /// The `Gate-Signature` value that verified, forwarded so consumers can verify again.
+    pub fn signature_header(&self) -> &str {
+        &self.header
     }
 
     /// The signed `t` value (unix seconds).
@@ -158,6 +164,7 @@ pub fn verify(
         if matched {
             return Ok(Verified {
                 body,
+                header: header.to_owned(),
                 timestamp: parsed.timestamp,
                 secret_index,
             });
@@ -204,7 +211,8 @@ mod tests {
     fn verification_table() {
         let good = mac_hex("whsec_a", NOW, BODY);
         let other = mac_hex("whsec_b", NOW, BODY);
-        let cases: Vec<(&str, String, Vec<&str>, Result<usize, SignatureError>)> = vec![
+        type Case<'a> = (&'a str, String, Vec<&'a str>, Result<usize, SignatureError>);
+        let cases: Vec<Case<'_>> = vec![
             (
                 "valid",
                 format!("t={NOW},v1={good}"),

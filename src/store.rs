@@ -256,6 +256,22 @@ impl Store {
         }
     }
 
+    /// True when a new event would be refused.
+    pub fn outbox_full(&self) -> bool {
+        let depth = self.outbox_depth();
+        depth.events >= self.max_outbox_events || depth.bytes >= self.max_outbox_bytes
+    }
+
+    /// How long the oldest outbox event has waited; `None` when the outbox is empty.
+    pub fn oldest_pending_age(&self) -> Option<Duration> {
+        let (_, v) = self.outbox.first().ok()??;
+        let (_, _, key) = parse_outbox_entry(&[0; 8], &v).ok()?;
+        let record = self.record(&key).ok()??;
+        Some(Duration::from_millis(
+            now_ms().saturating_sub(record.received_at_ms),
+        ))
+    }
+
     /// Records a first sighting and queues it, or reports the existing record; returns once the
     /// outcome is durable (a duplicate waits for the flush covering the first record too).
     pub async fn admit(&self, new: NewEvent<'_>) -> Result<Admission, StoreError> {

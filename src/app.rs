@@ -1,0 +1,203 @@
+//! Wiring: builds the store, publisher, ingest, routes and listeners, owns their tasks, and
+//! shuts them down in a fixed order.
+//!
+//! Shutdown order (each step logged): readiness false → stop accepting and drain open webhook
+//! connections (grace period) → publisher settles or abandons in-flight confirms (bounded;
+//! abandoned events stay pending) → final store flush → admin listener closes. Every task is
+//! spawned here, cancelled through its own token and awaited.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::confirmations::Confirmations;
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::publisher::{BrokerStatus, Publisher};
+use crate::routes::Routes;
+use crate::server::{self, Limits};
+use crate::store::{Store, StoreError};
+
+/// Admin requests are tiny and few; this bounds what a misbehaving scraper can hold open.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The bound sockets, created before `start` so tests can bind port 0.
+#[derive(Debug)]
+pub struct Listeners {
+    pub webhook: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Self, AppError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind { addr, source })
+        };
+        Ok(Self {
+            webhook: bind(config.server.listen).await?,
+            admin: bind(config.admin.listen).await?,
+        })
+    }
+}
+
+/// A started relay: its addresses, its shared state (for tests and the admin API) and its tasks.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics: Metrics,
+    pub broker: Arc<BrokerStatus>,
+    pub store: Arc<Store>,
+    draining: Arc<AtomicBool>,
+    tasks: Vec<(&'static str, CancellationToken, JoinHandle<()>)>,
+}
+
+/// Builds everything and starts serving.
+pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppError> {
+    let addr = local_addr(&listeners.webhook, config.server.listen)?;
+    let admin_addr = local_addr(&listeners.admin, config.admin.listen)?;
+    let store_config = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_config))
+        .await
+        .map_err(|_| StoreError::Closed)??;
+    let store = Arc::new(store);
+    let metrics = Metrics::new();
+    let broker = Arc::new(BrokerStatus::default());
+    let confirmations = Arc::new(Confirmations::default());
+    let draining = Arc::new(AtomicBool::new(false));
+
+    let ingest = Ingest::new(
+        Arc::clone(&store),
+        Arc::clone(&confirmations),
+        Arc::clone(&broker),
+        metrics.clone(),
+        config.delivery.ack,
+        config.delivery.confirm_timeout,
+    );
+    let routes = Routes::new(
+        &config.endpoints,
+        ingest,
+        metrics.clone(),
+        config.server.max_body_bytes,
+        config.server.request_timeout,
+        config.delivery.retry_after_secs,
+    );
+    let publisher = Publisher::new(
+        Arc::clone(&store),
+        confirmations,
+        Arc::clone(&broker),
+        metrics.clone(),
+        config.amqp.clone(),
+    );
+    let admin = Arc::new(Admin {
+        store: Arc::clone(&store),
+        broker: Arc::clone(&broker),
+        metrics: metrics.clone(),
+        draining: Arc::clone(&draining),
+    });
+
+    let webhook_limits = Limits {
+        max_connections: config.server.max_connections,
+        header_read_timeout: config.server.header_read_timeout,
+        shutdown_grace: config.server.shutdown_grace,
+    };
+    let admin_limits = Limits {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        ..webhook_limits.clone()
+    };
+
+    // Spawned in shutdown order: the webhook server stops first, the admin listener last.
+    let mut tasks = Vec::new();
+    let token = CancellationToken::new();
+    let handler = move |req| Arc::clone(&routes).handle(req);
+    let server_task = tokio::spawn(server::serve(
+        listeners.webhook,
+        handler,
+        webhook_limits,
+        token.clone(),
+    ));
+    tasks.push(("webhook listener", token, server_task));
+    let token = CancellationToken::new();
+    tasks.push((
+        "publisher",
+        token.clone(),
+        tokio::spawn(publisher.run(token)),
+    ));
+    let token = CancellationToken::new();
+    tasks.push((
+        "store flusher",
+        token.clone(),
+        tokio::spawn(Arc::clone(&store).run_flusher(token)),
+    ));
+    let token = CancellationToken::new();
+    let handler = move |req| Arc::clone(&admin).handle(req);
+    let admin_task = tokio::spawn(server::serve(
+        listeners.admin,
+        handler,
+        admin_limits,
+        token.clone(),
+    ));
+    tasks.push(("admin listener", token, admin_task));
+
+    tracing::info!(%addr, %admin_addr, ack = ?config.delivery.ack, "listening");
+    Ok(Running {
+        addr,
+        admin_addr,
+        metrics,
+        broker,
+        store,
+        draining,
+        tasks,
+    })
+}
+
+fn local_addr(listener: &TcpListener, configured: SocketAddr) -> Result<SocketAddr, AppError> {
+    listener.local_addr().map_err(|source| AppError::Bind {
+        addr: configured,
+        source,
+    })
+}
+
+impl Running {
+    /// Stops everything in order; returns when the store has been flushed.
+    pub async fn shutdown(self) {
+        self.draining.store(true, Ordering::SeqCst);
+        tracing::info!("shutting down");
+        for (name, token, task) in self.tasks {
+            token.cancel();
+            if let Err(e) = task.await {
+                tracing::error!(task = name, error = %e, "task failed during shutdown");
+            }
+            tracing::info!(task = name, "stopped");
+        }
+    }
+}
+
+/// Binds, starts, serves until `signal` resolves, then shuts down in order.
+pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<(), AppError> {
+    let listeners = Listeners::bind(&config).await?;
+    let running = start(config, listeners).await?;
+    signal.await;
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! The use case: one delivery from 0Gate, from raw bytes to a durable (or confirmed) event.
+//!
+//! 1. verify `Gate-Signature` over the raw body (`signature`), before any parsing;
+//! 2. parse the envelope (`event`): id, type, created_at; the body stays byte-identical;
+//! 3. admit it into the store: first sight is recorded and queued in one atomic write, a
+//!    duplicate finds the existing record; either way we wait for the flush that covers it;
+//! 4. in `confirmed` mode, wait (bounded) for the publisher to report the broker's confirm.
+//!
+//! Knows no HTTP: `routes` maps [`Accepted`] and [`IngestError`] to responses. Guarantee: `Ok`
+//! is returned only when the promise of the configured ack mode holds for this event id.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::config::{AckMode, Endpoint};
+use crate::confirmations::Confirmations;
+use crate::event::{Envelope, EnvelopeError, EventId};
+use crate::metrics::Metrics;
+use crate::publisher::BrokerStatus;
+use crate::signature::{self, SignatureError};
+use crate::store::{Admission, EventKey, EventState, NewEvent, Store, StoreError};
+
+/// One delivery as the transport hands it over.
+#[derive(Debug)]
+pub struct Delivery<'a> {
+    pub endpoint: &'a Endpoint,
+    pub signature: Option<&'a str>,
+    pub body: Bytes,
+    pub request_id: &'a str,
+    pub received_at: SystemTime,
+}
+
+/// A delivery the relay now answers for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub event_id: EventId,
+    pub event_type: String,
+    /// True when this id was seen before (a retry or a replay from 0Gate).
+    pub duplicate: bool,
+}
+
+/// Whose fault a failure is; decides the status class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// 4xx: retrying the same request will not help.
+    Client,
+    /// 503 + Retry-After: the event may be kept; retrying later will work.
+    Upstream,
+    /// 500: a bug or a broken disk.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error("the outbox is full")]
+    OutboxFull,
+    #[error("the broker is not connected; the event is stored and will be published")]
+    BrokerUnavailable,
+    #[error("the broker did not confirm in time; the event is stored and will be published")]
+    ConfirmTimeout,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for IngestError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::OutboxFull { .. } => Self::OutboxFull,
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl IngestError {
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::Signature(_) | Self::Envelope(_) => Fault::Client,
+            Self::OutboxFull | Self::BrokerUnavailable | Self::ConfirmTimeout => Fault::Upstream,
+            Self::Store(StoreError::Closed) => Fault::Upstream,
+            Self::Store(_) => Fault::Internal,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    store: Arc<Store>,
+    confirmations: Arc<Confirmations>,
+    broker: Arc<BrokerStatus>,
+    metrics: Metrics,
+    ack: AckMode,
+    confirm_timeout: Duration,
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    let ms = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+impl Ingest {
+    pub fn new(
+        store: Arc<Store>,
+        confirmations: Arc<Confirmations>,
+        broker: Arc<BrokerStatus>,
+        metrics: Metrics,
+        ack: AckMode,
+        confirm_timeout: Duration,
+    ) -> Self {
+        Self {
+            store,
+            confirmations,
+            broker,
+            metrics,
+            ack,
+            confirm_timeout,
+        }
+    }
+
+    /// Takes one delivery from raw bytes to the promise of the ack mode. On error the envelope,
+    /// when it was parsed, comes back too so the caller can log which event failed.
+    pub async fn deliver(
+        &self,
+        delivery: Delivery<'_>,
+    ) -> Result<Accepted, (IngestError, Option<Envelope>)> {
+        let endpoint = delivery.endpoint;
+        let verified = signature::verify(
+            &endpoint.secrets,
+            delivery.signature,
+            delivery.body,
+            unix_secs(delivery.received_at),
+            endpoint.tolerance_secs,
+        )
+        .map_err(|e| (e.into(), None))?;
+        self.metrics
+            .signature_skew
+            .observe((unix_secs(delivery.received_at) - verified.timestamp()) as f64);
+        self.metrics
+            .secret_matches
+            .with_label_values(&[endpoint.name.as_str(), &verified.secret_index().to_string()])
+            .inc();
+
+        let envelope = Envelope::parse(&verified).map_err(|e| (e.into(), None))?;
+        self.store_and_confirm(
+            delivery.request_id,
+            delivery.received_at,
+            endpoint,
+            &verified,
+            &envelope,
+        )
+        .await
+        .map_err(|e| (e, Some(envelope.clone())))
+        .map(|duplicate| Accepted {
+            event_id: envelope.id.clone(),
+            event_type: envelope.event_type.clone(),
+            duplicate,
+        })
+    }
+
+    /// Returns whether the event was a duplicate.
+    async fn store_and_confirm(
+        &self,
+        request_id: &str,
+        received_at: SystemTime,
+        endpoint: &Endpoint,
+        verified: &signature::Verified,
+        envelope: &Envelope,
+    ) -> Result<bool, IngestError> {
+        let key = EventKey::new(&endpoint.environment, &envelope.id);
+        // Registered before the event can reach the publisher, so its confirm cannot be missed.
+        let mut watch = (self.ack == AckMode::Confirmed).then(|| self.confirmations.watch(&key));
+        let admission = self
+            .store
+            .admit(NewEvent {
+                key: &key,
+                environment: &endpoint.environment,
+                event_id: &envelope.id,
+                event_type: &envelope.event_type,
+                endpoint: &endpoint.name,
+                received_at_ms: unix_ms(received_at),
+                request_id,
+                signature: verified.signature_header(),
+                body: verified.body(),
+            })
+            .await?;
+        let duplicate = admission != Admission::New;
+        let Some(watch) = watch.as_mut() else {
+            return Ok(duplicate); // durable mode: flushed is enough
+        };
+        if admission == Admission::Seen(EventState::Published) {
+            return Ok(true);
+        }
+        // Waiting while the broker is known to be away would only hold the connection: the
+        // event is stored and will be published; 0Gate's retry will find it.
+        if !self.broker.is_connected() {
+            return Err(IngestError::BrokerUnavailable);
+        }
+        tokio::time::timeout(self.confirm_timeout, watch.confirmed())
+            .await
+            .map_err(|_| IngestError::ConfirmTimeout)?;
+        Ok(duplicate)
+    }
+}

@@ -1,0 +1,352 @@
+//! The webhook listener's routes: (method, path) → endpoint → `ingest`, and the ONE place where
+//! outcomes and errors become HTTP responses.
+//!
+//! Owns: body limits (Content-Length checked before reading, enforced while reading), the request
+//! deadline, request ids, the per-request log line and request metrics. Does not own: what makes a
+//! delivery valid (`ingest`). Response bodies are short, stable JSON codes; details go to the log.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+use crate::config::Endpoint;
+use crate::event::EnvelopeError;
+use crate::ingest::{Accepted, Delivery, Fault, Ingest, IngestError};
+use crate::metrics::Metrics;
+use crate::signature::{self, SignatureError};
+
+/// The header a request id is taken from (when sane) and echoed in.
+pub const REQUEST_ID: &str = "x-request-id";
+/// Longer incoming request ids are replaced rather than stored.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Every way a request can end, as a closed set for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    Duplicate,
+    InvalidSignature,
+    StaleTimestamp,
+    MalformedHeader,
+    MissingHeader,
+    InvalidBody,
+    TooLarge,
+    NotFound,
+    MethodNotAllowed,
+    RequestTimeout,
+    Unavailable,
+    Internal,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Duplicate => "duplicate",
+            Self::InvalidSignature => "invalid_signature",
+            Self::StaleTimestamp => "stale_timestamp",
+            Self::MalformedHeader => "malformed_header",
+            Self::MissingHeader => "missing_header",
+            Self::InvalidBody => "invalid_body",
+            Self::TooLarge => "too_large",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Routes {
+    endpoints: HashMap<String, Endpoint>,
+    ingest: Ingest,
+    metrics: Metrics,
+    max_body_bytes: usize,
+    request_timeout: Duration,
+    retry_after_secs: u64,
+    request_ids: RequestIds,
+}
+
+/// Process-unique request ids: a random per-process prefix and a counter.
+#[derive(Debug)]
+struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, RandomState};
+        Self {
+            prefix: RandomState::new().hash_one(SystemTime::now()),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn take(&self, headers: &http::HeaderMap) -> String {
+        let given = headers
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= MAX_REQUEST_ID_LEN
+                    && v.bytes().all(|b| b.is_ascii_graphic())
+            });
+        match given {
+            Some(id) => id.to_owned(),
+            None => format!(
+                "{:016x}{:08x}",
+                self.prefix,
+                self.next.fetch_add(1, Ordering::Relaxed)
+            ),
+        }
+    }
+}
+
+/// What a handled request produced, before it becomes a response.
+struct Answer {
+    outcome: Outcome,
+    accepted: Option<Accepted>,
+    detail: Option<String>,
+    event: Option<(String, String)>,
+}
+
+impl Routes {
+    pub fn new(
+        endpoints: &[Endpoint],
+        ingest: Ingest,
+        metrics: Metrics,
+        max_body_bytes: usize,
+        request_timeout: Duration,
+        retry_after_secs: u64,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            endpoints: endpoints
+                .iter()
+                .map(|e| (e.path.clone(), e.clone()))
+                .collect(),
+            ingest,
+            metrics,
+            max_body_bytes,
+            request_timeout,
+            retry_after_secs,
+            request_ids: RequestIds::new(),
+        })
+    }
+
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let request_id = self.request_ids.take(req.headers());
+        let endpoint = self.endpoints.get(req.uri().path());
+        let endpoint_label = endpoint.map_or("unknown", |e| e.name.as_str());
+        let answer = match endpoint {
+            None => self.simple(Outcome::NotFound),
+            Some(_) if req.method() != Method::POST => self.simple(Outcome::MethodNotAllowed),
+            Some(endpoint) => {
+                match tokio::time::timeout(
+                    self.request_timeout,
+                    self.deliver(endpoint, req, &request_id),
+                )
+                .await
+                {
+                    Ok(answer) => answer,
+                    Err(_) => Answer {
+                        detail: Some("request deadline passed".to_owned()),
+                        ..self.simple(Outcome::RequestTimeout)
+                    },
+                }
+            }
+        };
+        let response = self.respond(&answer, &request_id);
+        let latency = started.elapsed();
+        self.metrics
+            .requests
+            .with_label_values(&[endpoint_label, answer.outcome.as_str()])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[endpoint_label])
+            .observe(latency.as_secs_f64());
+        let (event_id, event_type) = answer
+            .event
+            .as_ref()
+            .map_or(("", ""), |(i, t)| (i.as_str(), t.as_str()));
+        tracing::info!(
+            request_id,
+            endpoint = endpoint_label,
+            outcome = answer.outcome.as_str(),
+            status = response.status().as_u16(),
+            event_id,
+            event_type,
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            detail = answer.detail.as_deref().unwrap_or(""),
+            "request"
+        );
+        response
+    }
+
+    fn simple(&self, outcome: Outcome) -> Answer {
+        Answer {
+            outcome,
+            accepted: None,
+            detail: None,
+            event: None,
+        }
+    }
+
+    async fn deliver(
+        &self,
+        endpoint: &Endpoint,
+        req: Request<Incoming>,
+        request_id: &str,
+    ) -> Answer {
+        let received_at = SystemTime::now();
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            return Answer {
+                detail: Some(format!(
+                    "content-length {} over {}",
+                    declared.unwrap_or(0),
+                    self.max_body_bytes
+                )),
+                ..self.simple(Outcome::TooLarge)
+            };
+        }
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.max_body_bytes).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<LengthLimitError>() => return self.simple(Outcome::TooLarge),
+            Err(e) => {
+                return Answer {
+                    detail: Some(format!("reading the body failed: {e}")),
+                    ..self.simple(Outcome::InvalidBody)
+                };
+            }
+        };
+        // A header that is not visible ASCII cannot carry a valid signature.
+        let signature = match parts
+            .headers
+            .get(signature::HEADER)
+            .map(HeaderValue::to_str)
+        {
+            None => None,
+            Some(Ok(value)) => Some(value),
+            Some(Err(_)) => {
+                return Answer {
+                    detail: Some("Gate-Signature is not visible ASCII".to_owned()),
+                    ..self.simple(Outcome::MalformedHeader)
+                };
+            }
+        };
+        let delivery = Delivery {
+            endpoint,
+            signature,
+            body,
+            request_id,
+            received_at,
+        };
+        match self.ingest.deliver(delivery).await {
+            Ok(accepted) => Answer {
+                outcome: if accepted.duplicate {
+                    Outcome::Duplicate
+                } else {
+                    Outcome::Accepted
+                },
+                event: Some((accepted.event_id.to_string(), accepted.event_type.clone())),
+                accepted: Some(accepted),
+                ..self.simple(Outcome::Accepted)
+            },
+            Err((error, envelope)) => Answer {
+                outcome: outcome_of(&error),
+                detail: Some(error.to_string()),
+                event: envelope.map(|e| (e.id.to_string(), e.event_type)),
+                ..self.simple(Outcome::Internal)
+            },
+        }
+    }
+
+    /// The one mapping from outcome to status and body.
+    fn respond(&self, answer: &Answer, request_id: &str) -> Response<Full<Bytes>> {
+        let (status, body) = match (answer.outcome, &answer.accepted) {
+            (Outcome::Accepted | Outcome::Duplicate, Some(accepted)) => (
+                StatusCode::OK,
+                serde_json::json!({
+                    "status": if accepted.duplicate { "duplicate" } else { "accepted" },
+                    "event_id": accepted.event_id.as_str(),
+                }),
+            ),
+            (outcome, _) => (
+                status_of(outcome),
+                serde_json::json!({ "error": outcome.as_str() }),
+            ),
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert(REQUEST_ID, id);
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(self.retry_after_secs),
+            );
+        }
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        response
+    }
+}
+
+fn outcome_of(error: &IngestError) -> Outcome {
+    match error {
+        IngestError::Signature(SignatureError::MissingHeader) => Outcome::MissingHeader,
+        IngestError::Signature(SignatureError::Malformed(_)) => Outcome::MalformedHeader,
+        IngestError::Signature(SignatureError::StaleTimestamp { .. }) => Outcome::StaleTimestamp,
+        IngestError::Signature(SignatureError::Mismatch) => Outcome::InvalidSignature,
+        IngestError::Envelope(
+            EnvelopeError::InvalidJson(_)
+            | EnvelopeError::MissingId
+            | EnvelopeError::InvalidId
+            | EnvelopeError::InvalidType,
+        ) => Outcome::InvalidBody,
+        other => match other.fault() {
+            Fault::Client => Outcome::InvalidBody,
+            Fault::Upstream => Outcome::Unavailable,
+            Fault::Internal => Outcome::Internal,
+        },
+    }
+}
+
+fn status_of(outcome: Outcome) -> StatusCode {
+    match outcome {
+        Outcome::Accepted | Outcome::Duplicate => StatusCode::OK,
+        Outcome::MalformedHeader | Outcome::MissingHeader | Outcome::InvalidBody => {
+            StatusCode::BAD_REQUEST
+        }
+        Outcome::InvalidSignature | Outcome::StaleTimestamp => StatusCode::UNAUTHORIZED,
+        Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Outcome::NotFound => StatusCode::NOT_FOUND,
+        Outcome::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Outcome::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+        Outcome::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Outcome::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
