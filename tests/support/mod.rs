@@ -1,0 +1,507 @@
+//! Test support: a relay on port 0 with its own sled dir, exchange and queue on the real
+//! RabbitMQ; signed-request builders; queue and metric helpers; a TCP proxy to cut the broker.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of the helpers"
+)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_lite::StreamExt;
+use gate_relay::app::{self, Listeners, Running};
+use gate_relay::config::{Config, Secret};
+use gate_relay::signature;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const SECRET: &str = "whsec_test_0123456789abcdef0123";
+pub const OLD_SECRET: &str = "whsec_test_old_0123456789abcdef";
+pub const PATH: &str = "/webhooks/0gate/test";
+/// Generous bound for anything that should take milliseconds; only reached when a test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn now() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs(),
+    )
+    .expect("fits")
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!(
+        "{prefix}.{}.{nanos}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub async fn broker() -> Connection {
+    match Connection::connect(BROKER, ConnectionProperties::default()).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "RabbitMQ is not reachable at 127.0.0.1:5672 ({e}). Start it with `rabbitmq-server -detached` \
+             (install: `apt-get install -y rabbitmq-server`), or run `scripts/test`, which does both."
+        ),
+    }
+}
+
+/// An event body with the given id and type.
+pub fn event_body(id: &str, event_type: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","type":"{event_type}","created_at":{},"data":{{"id":"gs_1","object":"gate_session","mode":"test","status":"completed","amount":"100.00","currency":"EUR"}}}}"#,
+        now()
+    )
+}
+
+pub fn sign(secret: &str, t: i64, body: &[u8]) -> String {
+    signature::sign(&Secret::new(secret.to_owned()), t, body)
+}
+
+/// Options for a relay under test.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub ack: &'static str,
+    pub amqp_url: String,
+    pub max_body_bytes: usize,
+    pub confirm_timeout_ms: u64,
+    pub header_read_timeout_ms: u64,
+    pub max_outbox_events: u64,
+    pub extra_queue_args: Vec<(&'static str, AMQPValue)>,
+    pub wait_for_broker: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            ack: "confirmed",
+            amqp_url: BROKER.to_owned(),
+            max_body_bytes: 64 * 1024,
+            confirm_timeout_ms: 5_000,
+            header_read_timeout_ms: 10_000,
+            max_outbox_events: 100_000,
+            extra_queue_args: Vec::new(),
+            wait_for_broker: true,
+        }
+    }
+}
+
+/// The exchange and queue a test owns.
+pub struct Topology {
+    pub exchange: String,
+    pub queue: String,
+    pub channel: Channel,
+    _connection: Connection,
+}
+
+impl Topology {
+    /// Declares a durable topic exchange and a queue bound to everything on it.
+    pub async fn declare(name: &str, extra_queue_args: &[(&'static str, AMQPValue)]) -> Self {
+        let connection = broker().await;
+        let channel = connection.create_channel().await.expect("channel");
+        let exchange = unique(&format!("gate.test.{name}"));
+        let queue = unique(&format!("gate.test.{name}.q"));
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare exchange");
+        let mut args = FieldTable::default();
+        // Leftovers of a crashed test run disappear after a minute unused.
+        args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+        for (k, v) in extra_queue_args {
+            args.insert((*k).into(), v.clone());
+        }
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .expect("declare queue");
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind queue");
+        Self {
+            exchange,
+            queue,
+            channel,
+            _connection: connection,
+        }
+    }
+
+    /// Consumes everything that arrives until `quiet` passes with nothing new, or `want`
+    /// messages have arrived.
+    pub async fn collect(&self, want: usize, quiet: Duration) -> Vec<lapin::message::Delivery> {
+        let mut consumer = self
+            .channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                unique("c").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let mut got = Vec::new();
+        while got.len() < want {
+            match tokio::time::timeout(quiet, consumer.next()).await {
+                Ok(Some(Ok(delivery))) => {
+                    delivery.ack(BasicAckOptions::default()).await.expect("ack");
+                    got.push(delivery);
+                }
+                Ok(Some(Err(e))) => panic!("consumer failed: {e}"),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let _ = self
+            .channel
+            .basic_cancel(consumer.tag().as_str().into(), Default::default())
+            .await;
+        got
+    }
+
+    /// Messages in the queue now (ready, not yet delivered), exactly as the broker counts them.
+    pub async fn queue_len(&self) -> u32 {
+        self.channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare")
+            .message_count()
+    }
+
+    /// Message ids in the queue, collected until `quiet` passes with nothing new.
+    pub async fn message_ids(&self, quiet: Duration) -> Vec<String> {
+        self.collect(usize::MAX, quiet)
+            .await
+            .iter()
+            .map(|d| {
+                d.properties
+                    .message_id()
+                    .as_ref()
+                    .expect("message_id set")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    pub async fn delete(&self) {
+        let _ = self
+            .channel
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = self
+            .channel
+            .exchange_delete(
+                self.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+}
+
+pub fn config_text(
+    options: &Options,
+    exchange: &str,
+    store: &std::path::Path,
+    listen: &str,
+    admin: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+max_body_bytes = {max_body}
+header_read_timeout_ms = {header_timeout}
+shutdown_grace_ms = 5000
+[admin]
+listen = "{admin}"
+[store]
+path = "{store}"
+max_outbox_events = {max_outbox}
+[amqp]
+url = "{url}"
+exchange = "{exchange}"
+connect_timeout_ms = 2000
+publish_confirm_timeout_ms = 3000
+reconnect_max_backoff_ms = 500
+[delivery]
+ack = "{ack}"
+confirm_timeout_ms = {confirm_timeout}
+retry_after_secs = 1
+[log]
+format = "json"
+level = "info"
+[[endpoint]]
+name = "test"
+path = "{PATH}"
+environment = "test"
+secrets = ["{SECRET}", "{OLD_SECRET}"]
+tolerance_secs = 300
+"#,
+        max_body = options.max_body_bytes,
+        header_timeout = options.header_read_timeout_ms,
+        store = store.display(),
+        max_outbox = options.max_outbox_events,
+        url = options.amqp_url,
+        ack = options.ack,
+        confirm_timeout = options.confirm_timeout_ms,
+    )
+}
+
+/// What a POST returned.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub headers: http::HeaderMap,
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn post(client: &HttpClient, url: &str, body: Bytes, signature: Option<&str>) -> Reply {
+    let mut request = http::Request::post(url).header("content-type", "application/json");
+    if let Some(sig) = signature {
+        request = request.header("Gate-Signature", sig);
+    }
+    let request = request.body(Full::new(body)).expect("request");
+    let response = tokio::time::timeout(WAIT, client.request(request))
+        .await
+        .expect("relay answered in time")
+        .expect("request sent");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        headers: parts.headers,
+    }
+}
+
+/// A relay running in this process.
+pub struct TestApp {
+    pub running: Option<Running>,
+    pub addr: SocketAddr,
+    pub topology: Topology,
+    pub client: HttpClient,
+    pub options: Options,
+    pub store_dir: Arc<tempfile::TempDir>,
+}
+
+impl TestApp {
+    pub async fn spawn(name: &str, options: Options) -> Self {
+        let topology = Topology::declare(name, &options.extra_queue_args).await;
+        let store_dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        Self::start(topology, store_dir, options).await
+    }
+
+    /// Starts a relay on an existing topology and store (for restarts).
+    pub async fn start(
+        topology: Topology,
+        store_dir: Arc<tempfile::TempDir>,
+        options: Options,
+    ) -> Self {
+        let text = config_text(
+            &options,
+            &topology.exchange,
+            store_dir.path(),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+        );
+        let config = Config::parse(&text, &|_| None).expect("test config is valid");
+        let listeners = Listeners {
+            webhook: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            admin: TcpListener::bind("127.0.0.1:0").await.expect("bind admin"),
+        };
+        let running = app::start(config, listeners).await.expect("relay starts");
+        if options.wait_for_broker {
+            let broker = Arc::clone(&running.broker);
+            eventually("the relay connects to RabbitMQ", || broker.is_connected()).await;
+        }
+        Self {
+            addr: running.addr,
+            running: Some(running),
+            topology,
+            client: http_client(),
+            options,
+            store_dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Posts `body` signed now with the current secret.
+    pub async fn post_event(&self, body: &str) -> Reply {
+        let sig = sign(SECRET, now(), body.as_bytes());
+        self.post_raw(PATH, Bytes::from(body.to_owned()), Some(&sig))
+            .await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Bytes, signature: Option<&str>) -> Reply {
+        post(&self.client, &self.url(path), body, signature).await
+    }
+
+    /// The value of a metric sample, e.g. `metric("gate_relay_requests_total", &[("outcome", "accepted")])`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let running = self.running.as_ref().expect("running");
+        running
+            .metrics
+            .registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| {
+                let counter = family.get_field_type() == prometheus::proto::MetricType::COUNTER;
+                family.get_metric().iter().map(move |m| (counter, m))
+            })
+            .filter(|(_, m)| {
+                labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
+            })
+            .map(|(counter, m)| {
+                if counter {
+                    m.get_counter().value()
+                } else {
+                    m.get_gauge().value()
+                }
+            })
+            .sum()
+    }
+
+    /// Waits until the relay has every stored event confirmed by the broker.
+    pub async fn outbox_drained(&self) {
+        let store = Arc::clone(&self.running.as_ref().expect("running").store);
+        eventually("the outbox is empty", || store.outbox_depth().events == 0).await;
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+    }
+}
+
+/// Polls `condition` every few milliseconds until it holds; panics after [`WAIT`].
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A TCP proxy in front of RabbitMQ that a test can cut and restore.
+pub struct BrokerProxy {
+    pub addr: SocketAddr,
+    up: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BrokerProxy {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let (up, up_rx) = watch::channel(true);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !*up_rx.borrow() {
+                    drop(client); // refused while down
+                    continue;
+                }
+                let mut up_rx = up_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect("127.0.0.1:5672").await else {
+                        return;
+                    };
+                    let (mut client, mut server) = (client, server);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = up_rx.wait_for(|up| !*up) => {} // cut: both sockets drop
+                    }
+                });
+            }
+        });
+        Self { addr, up, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    pub fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    pub fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+impl Drop for BrokerProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
