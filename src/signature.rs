@@ -81,13 +81,17 @@ struct Parsed {
 /// trim spaces, skip parts without `=`, ignore unknown keys; `t` must be a positive integer.
 /// Like the SDK, when `t` repeats the last one wins.
 fn parse(header: &str) -> Result<Parsed, SignatureError> {
+    // HTTP header values are ASCII; anything else cannot have come from 0Gate intact.
+    if !header.is_ascii() {
+        return Err(SignatureError::Malformed("not ASCII"));
+    }
     let mut timestamp: Option<i64> = None;
     let mut v1 = Vec::new();
     for part in header.split(',') {
         let Some((key, value)) = part.split_once('=') else {
             continue;
         };
-        let (key, value) = (key.trim(), value.trim());
+        let (key, value) = (key.trim_ascii(), value.trim_ascii());
         match key {
             "t" => timestamp = Some(parse_timestamp(value)?),
             "v1" => {
@@ -152,6 +156,10 @@ pub fn verify(
     }
     let timestamp = parsed.timestamp.to_string();
     for (secret_index, secret) in secrets.iter().enumerate() {
+        // Config refuses short secrets; an empty key would make forging trivial, so never use one.
+        if secret.expose().is_empty() {
+            continue;
+        }
         let mut mac = HmacSha256::new_from_slice(secret.expose().as_bytes())
             .expect("HMAC-SHA256 accepts keys of any length");
         mac.update(timestamp.as_bytes());
