@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_lite::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
@@ -42,6 +43,8 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const SHUTDOWN_CONFIRM_WAIT: Duration = Duration::from_secs(5);
 /// Closing politely must not hold up shutdown when the broker is gone.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an idle publisher checks that its connection still stands, besides lapin's events.
+const HEALTH_CHECK: Duration = Duration::from_secs(1);
 /// AMQP short strings (routing keys) are at most 255 bytes.
 const MAX_ROUTING_KEY: usize = 255;
 
@@ -217,6 +220,9 @@ impl Publisher {
         // After a refused message, wait before sending it again, doubling while refusals last.
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut refusal_backoff = INITIAL_BACKOFF;
+        // lapin reports a dead connection here (auto-recovery is off), even while we are idle.
+        let mut events = connection.events_listener();
+        let mut health = tokio::time::interval(HEALTH_CHECK);
 
         loop {
             self.fill_window(channel, &mut cursor, &mut in_flight, &mut confirms)
@@ -245,6 +251,21 @@ impl Publisher {
                     }
                 }
                 () = self.store.outbox_grew() => {}
+                event = events.next() => match event {
+                    Some(lapin::Event::Error(e)) => return Err(PublishError::Broker(e)),
+                    Some(lapin::Event::ConnectionBlocked(reason)) => {
+                        tracing::warn!(%reason, "broker blocked publishing (resource alarm)");
+                        self.status.set(false, &self.metrics);
+                    }
+                    Some(lapin::Event::ConnectionUnblocked) => self.status.set(true, &self.metrics),
+                    Some(_) => {}
+                    None => return Err(PublishError::ConnectionLost),
+                },
+                _ = health.tick() => {
+                    if !connection.status().connected() || !channel.status().connected() {
+                        return Err(PublishError::ConnectionLost);
+                    }
+                }
                 () = retry_sleep => {
                     retry_at = None;
                     cursor = None; // rewind: send what was refused again

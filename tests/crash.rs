@@ -1,0 +1,191 @@
+//! The real binary under load: kill -9 and SIGTERM lose nothing that got a 2xx.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::{Options, PATH, SECRET, Topology, config_text, event_body, now, sign, unique};
+
+/// Distinct events each client keeps sending until told to stop.
+const CLIENTS: usize = 16;
+/// How many 2xx answers to collect before pulling the plug: enough that requests are in flight
+/// in every stage (reading, flushing, confirming) when the signal lands.
+const ACKED_BEFORE_SIGNAL: usize = 300;
+
+struct Relay {
+    child: Child,
+    addr: SocketAddr,
+}
+
+/// A failing test must not leave a relay running (it would hold the test's output pipe open).
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary and waits for its `listening` log line, which carries the bound address.
+fn start_relay(config: &std::path::Path) -> Relay {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gate-relay"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn gate-relay");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads to the end so the relay never blocks on a full pipe; ends when the relay exits.
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "listening" {
+                        let _ = tx.send(v["addr"].as_str().expect("addr field").to_owned());
+                        sent = true;
+                    }
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(support::WAIT)
+        .expect("gate-relay logged `listening`");
+    Relay {
+        child,
+        addr: addr.parse().expect("socket address"),
+    }
+}
+
+/// Sends distinct signed events from CLIENTS tasks until `stop`; returns the ids that got a 2xx.
+async fn load(
+    addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+) -> Arc<Mutex<HashSet<String>>> {
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let url = format!("http://{addr}{PATH}");
+    for _ in 0..CLIENTS {
+        let (acked, url, stop) = (Arc::clone(&acked), url.clone(), stop.clone());
+        let client = support::http_client();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let id = unique("evt");
+                let body = event_body(&id, "gate_session.completed");
+                let sig = sign(SECRET, now(), body.as_bytes());
+                let request = http::Request::post(&url)
+                    .header("Gate-Signature", sig)
+                    .body(http_body_util::Full::new(Bytes::from(body)))
+                    .expect("request");
+                let sent = tokio::select! {
+                    r = client.request(request) => r,
+                    () = stop.cancelled() => break,
+                };
+                match sent {
+                    Ok(response) if response.status().is_success() => {
+                        acked.lock().expect("lock").insert(id);
+                    }
+                    Ok(_) => {}
+                    Err(_) => break, // the relay is gone
+                }
+            }
+        });
+    }
+    acked
+}
+
+async fn wait_for_acks(acked: &Arc<Mutex<HashSet<String>>>, n: usize) {
+    let acked = Arc::clone(acked);
+    support::eventually("enough deliveries were acknowledged", move || {
+        acked.lock().expect("lock").len() >= n
+    })
+    .await;
+}
+
+/// Every acknowledged id must reach the queue; duplicates are allowed (same message_id).
+async fn assert_all_delivered(topology: &Topology, acked: &HashSet<String>) {
+    let mut seen = HashSet::new();
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while !acked.is_subset(&seen) && tokio::time::Instant::now() < deadline {
+        for id in topology.message_ids(Duration::from_millis(500)).await {
+            seen.insert(id);
+        }
+    }
+    let missing: Vec<&String> = acked.difference(&seen).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged events were lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+async fn crash_and_restart(ack: &'static str, kill: bool) {
+    let topology = Topology::declare(&format!("crash.{ack}"), &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options {
+        ack,
+        ..Options::default()
+    };
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            &options,
+            &topology.exchange,
+            &dir.path().join("data"),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+        ),
+    )
+    .expect("write config");
+
+    let mut relay = start_relay(&config);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let acked = load(relay.addr, stop.clone()).await;
+    wait_for_acks(&acked, ACKED_BEFORE_SIGNAL).await;
+    if kill {
+        relay.child.kill().expect("SIGKILL");
+        relay.child.wait().expect("reaped");
+    } else {
+        let pid = relay.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let exit = relay.child.wait().expect("reaped");
+        assert!(exit.success(), "graceful shutdown must exit 0, got {exit}");
+    }
+    stop.cancel();
+    let acked = acked.lock().expect("lock").clone();
+
+    // Restart on the same store: whatever was pending is published again.
+    let relay = start_relay(&config);
+    assert_all_delivered(&topology, &acked).await;
+    drop(relay);
+    topology.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_event_in_durable_mode() {
+    crash_and_restart("durable", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_event_in_confirmed_mode() {
+    crash_and_restart("confirmed", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_under_load_exits_0_and_loses_nothing() {
+    crash_and_restart("durable", false).await;
+}

@@ -1,0 +1,129 @@
+//! Broker outages through a TCP proxy in front of the real RabbitMQ.
+
+mod support;
+
+use std::sync::Arc;
+
+use support::{BrokerProxy, Options, TestApp, event_body, eventually, unique};
+
+#[tokio::test]
+async fn durable_mode_accepts_during_an_outage_and_delivers_after_recovery() {
+    let proxy = BrokerProxy::start().await;
+    let mut app = TestApp::spawn(
+        "outage.durable",
+        Options {
+            ack: "durable",
+            amqp_url: proxy.url(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let broker = Arc::clone(&app.running.as_ref().expect("running").broker);
+
+    proxy.cut();
+    eventually("the relay notices the broker is gone", || {
+        !broker.is_connected()
+    })
+    .await;
+    let ids: Vec<String> = (0..5).map(|_| unique("evt")).collect();
+    for id in &ids {
+        let reply = app
+            .post_event(&event_body(id, "rail.pay_out.settled"))
+            .await;
+        assert_eq!(
+            reply.status, 200,
+            "durable mode answers once stored: {reply:?}"
+        );
+    }
+    assert_eq!(
+        app.topology.queue_len().await,
+        0,
+        "nothing can have been published yet"
+    );
+
+    proxy.restore();
+    app.outbox_drained().await;
+    let mut got = app
+        .topology
+        .message_ids(std::time::Duration::from_secs(2))
+        .await;
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(app.metric("gate_relay_amqp_reconnects_total", &[]) >= 1.0);
+    app.stop().await;
+    app.topology.delete().await;
+}
+
+#[tokio::test]
+async fn confirmed_mode_answers_503_during_an_outage_and_still_delivers() {
+    let proxy = BrokerProxy::start().await;
+    let mut app = TestApp::spawn(
+        "outage.confirmed",
+        Options {
+            amqp_url: proxy.url(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let broker = Arc::clone(&app.running.as_ref().expect("running").broker);
+
+    proxy.cut();
+    eventually("the relay notices the broker is gone", || {
+        !broker.is_connected()
+    })
+    .await;
+    let id = unique("evt");
+    let body = event_body(&id, "gate_session.failed");
+    let reply = app.post_event(&body).await;
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.body["error"], "unavailable");
+    assert!(reply.headers.contains_key("retry-after"));
+
+    proxy.restore();
+    app.outbox_drained().await;
+    assert_eq!(
+        app.topology
+            .message_ids(std::time::Duration::from_secs(2))
+            .await,
+        std::slice::from_ref(&id)
+    );
+    // 0Gate's retry now finds the event published: 200, and no second message.
+    let retry = app.post_event(&body).await;
+    assert_eq!(retry.status, 200);
+    assert_eq!(retry.body["status"], "duplicate");
+    assert_eq!(app.topology.queue_len().await, 0);
+    app.stop().await;
+    app.topology.delete().await;
+}
+
+#[tokio::test]
+async fn the_relay_starts_and_stores_while_the_broker_is_down() {
+    let proxy = BrokerProxy::start().await;
+    proxy.cut();
+    let options = Options {
+        ack: "durable",
+        amqp_url: proxy.url(),
+        wait_for_broker: false,
+        ..Options::default()
+    };
+    let mut app = TestApp::spawn("outage.start", options).await;
+    let id = unique("evt");
+    assert_eq!(
+        app.post_event(&event_body(&id, "webhook.test"))
+            .await
+            .status,
+        200
+    );
+    proxy.restore();
+    app.outbox_drained().await;
+    assert_eq!(
+        app.topology
+            .message_ids(std::time::Duration::from_secs(2))
+            .await,
+        [id]
+    );
+    app.stop().await;
+    app.topology.delete().await;
+}
