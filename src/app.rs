@@ -147,7 +147,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppE
     tasks.push((
         "store flusher",
         token.clone(),
-        tokio::spawn(Arc::clone(&store).run_flusher(token)),
+        tokio::spawn(Arc::clone(&store).run_flusher(token, metrics.store_flush.clone())),
     ));
     let token = CancellationToken::new();
     let handler = move |req| Arc::clone(&admin).handle(req);

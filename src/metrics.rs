@@ -34,6 +34,7 @@ pub struct Metrics {
     pub amqp_connected: IntGauge,
     pub amqp_reconnects: IntCounter,
     pub store_size: IntGauge,
+    pub store_flush: Histogram,
 }
 
 impl Metrics {
@@ -121,6 +122,14 @@ impl Metrics {
                 "Bytes the sled store takes on disk.",
             )
             .expect("valid metric"),
+            store_flush: Histogram::with_opts(
+                HistogramOpts::new(
+                    "gate_relay_store_flush_seconds",
+                    "Duration of one group-commit round (sled flush plus fsync).",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -141,6 +150,7 @@ impl Metrics {
             Box::new(self.amqp_connected.clone()),
             Box::new(self.amqp_reconnects.clone()),
             Box::new(self.store_size.clone()),
+            Box::new(self.store_flush.clone()),
         ];
         for collector in collectors {
             self.registry

@@ -286,17 +286,23 @@ impl Publisher {
         in_flight: &mut HashSet<u64>,
         confirms: &mut JoinSet<Confirmed>,
     ) -> Result<(), PublishError> {
+        // An event that committed behind the cursor (out-of-order commits) pulls it back.
+        if let Some(lowest) = self.store.take_lowest_admitted() {
+            if cursor.is_some_and(|c| lowest <= c) {
+                *cursor = lowest.checked_sub(1);
+            }
+        }
         while in_flight.len() < self.config.max_in_flight {
             let room = self.config.max_in_flight - in_flight.len();
-            let batch = self.store.pending_after(*cursor, room)?;
-            let exhausted = batch.len() < room;
-            for pending in batch {
-                *cursor = Some(pending.seq);
-                if in_flight.insert(pending.seq) {
-                    self.publish(channel, pending, confirms).await?;
-                }
+            let batch = self
+                .store
+                .pending_after(*cursor, room, |seq| in_flight.contains(&seq))?;
+            *cursor = batch.last_seq;
+            for pending in batch.events {
+                in_flight.insert(pending.seq);
+                self.publish(channel, pending, confirms).await?;
             }
-            if exhausted {
+            if batch.exhausted {
                 break;
             }
         }

@@ -123,6 +123,16 @@ pub struct Pending {
     pub body: Bytes,
 }
 
+/// What one outbox read found.
+#[derive(Debug)]
+pub struct PendingBatch {
+    pub events: Vec<Pending>,
+    /// The highest sequence looked at (loaded or skipped); where the next read continues.
+    pub last_seq: Option<u64>,
+    /// True when the read reached the end of the outbox.
+    pub exhausted: bool,
+}
+
 /// Outbox depth, kept in memory and rebuilt on open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxDepth {
@@ -162,6 +172,10 @@ pub struct Store {
     synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
     /// Wakes the publisher when the outbox gains an event.
     outbox_grew: Notify,
+    /// Lowest sequence admitted since the publisher last asked. Sequences are drawn before the
+    /// transaction commits, so commits can land out of order: a reader that only moves forward
+    /// would miss an event committed behind it. See [`Store::take_lowest_admitted`].
+    lowest_admitted: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -234,6 +248,7 @@ impl Store {
             flushed: watch::Sender::new(0),
             synced_blobs: Mutex::new(HashSet::new()),
             outbox_grew: Notify::new(),
+            lowest_admitted: AtomicU64::new(u64::MAX),
         };
         let (mut events, mut bytes) = (0, 0);
         for entry in store.outbox.iter() {
@@ -328,6 +343,7 @@ impl Store {
             Ok(None) => {
                 self.outbox_events.fetch_add(1, Ordering::SeqCst);
                 self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
+                self.lowest_admitted.fetch_min(seq, Ordering::SeqCst);
                 self.outbox_grew.notify_one();
                 Ok(Admission::New)
             }
@@ -356,17 +372,31 @@ impl Store {
             .transpose()
     }
 
-    /// Up to `limit` outbox events with a sequence number above `after`, in arrival order.
+    /// Up to `limit` outbox events with a sequence above `after`, in arrival order, leaving out
+    /// (without loading) those `skip` names.
     pub fn pending_after(
         &self,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<Pending>, StoreError> {
+        skip: impl Fn(u64) -> bool,
+    ) -> Result<PendingBatch, StoreError> {
         let start = after.map_or(0, |seq| seq.saturating_add(1));
-        let mut out = Vec::new();
-        for entry in self.outbox.range(start.to_be_bytes()..).take(limit) {
+        let mut batch = PendingBatch {
+            events: Vec::new(),
+            last_seq: after,
+            exhausted: true,
+        };
+        for entry in self.outbox.range(start.to_be_bytes()..) {
+            if batch.events.len() == limit {
+                batch.exhausted = false;
+                break;
+            }
             let (k, v) = entry?;
             let (seq, size, key) = parse_outbox_entry(&k, &v)?;
+            batch.last_seq = Some(seq);
+            if skip(seq) {
+                continue;
+            }
             let Some(record) = self.record(&key)? else {
                 return Err(StoreError::Corrupt(format!(
                     "outbox entry {seq} has no record"
@@ -384,14 +414,21 @@ impl Store {
                     "outbox entry {seq} body is incomplete"
                 )));
             }
-            out.push(Pending {
+            batch.events.push(Pending {
                 seq,
                 key,
                 record,
                 body: body.freeze(),
             });
         }
-        Ok(out)
+        Ok(batch)
+    }
+
+    /// The lowest sequence admitted since the last call, if any: a reader whose cursor is past
+    /// it must step back to it.
+    pub fn take_lowest_admitted(&self) -> Option<u64> {
+        let lowest = self.lowest_admitted.swap(u64::MAX, Ordering::SeqCst);
+        (lowest != u64::MAX).then_some(lowest)
     }
 
     /// Resolves when the outbox may have gained events since the last call.
@@ -477,7 +514,12 @@ impl Store {
 
     /// Group commit: one flush per round covers every write made before the round started.
     /// Runs until `shutdown`, then flushes once more.
-    pub async fn run_flusher(self: Arc<Self>, shutdown: CancellationToken) {
+    /// `flush_seconds` observes each round's duration.
+    pub async fn run_flusher(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        flush_seconds: prometheus::Histogram,
+    ) {
         loop {
             tokio::select! {
                 () = self.wake_flusher.notified() => {}
@@ -487,7 +529,10 @@ impl Store {
             if target <= *self.flushed.borrow() {
                 continue;
             }
-            if let Err(e) = self.flush_blocking().await {
+            let started = std::time::Instant::now();
+            let flushed = self.flush_blocking().await;
+            flush_seconds.observe(started.elapsed().as_secs_f64());
+            if let Err(e) = flushed {
                 tracing::error!(error = %e, "store flush failed; retrying");
                 self.wake_flusher.notify_one();
                 tokio::select! {
@@ -563,7 +608,10 @@ mod tests {
             admit_sync(&store, "e1", &body).expect("admit"),
             Admission::New
         );
-        let pending = store.pending_after(None, 10).expect("pending");
+        let pending = store
+            .pending_after(None, 10, |_| false)
+            .expect("pending")
+            .events;
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].body, body);
         assert_eq!(
@@ -618,8 +666,9 @@ mod tests {
         }
         let store = open(dir.path(), 10);
         let ids: Vec<String> = store
-            .pending_after(None, 10)
+            .pending_after(None, 10, |_| false)
             .expect("pending")
+            .events
             .into_iter()
             .map(|p| p.record.event_id)
             .collect();
@@ -633,12 +682,44 @@ mod tests {
         );
     }
 
+    #[test]
+    fn reads_skip_without_loading_and_report_where_they_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 10);
+        for id in ["a", "b", "c", "d"] {
+            admit_sync(&store, id, &Bytes::from_static(b"xy")).expect("admit");
+        }
+        let all = store.pending_after(None, 10, |_| false).expect("read");
+        let seqs: Vec<u64> = all.events.iter().map(|p| p.seq).collect();
+        let batch = store
+            .pending_after(None, 2, |seq| seq == seqs[0])
+            .expect("read");
+        let ids: Vec<&str> = batch
+            .events
+            .iter()
+            .map(|p| p.record.event_id.as_str())
+            .collect();
+        assert_eq!(ids, ["b", "c"]);
+        assert_eq!(batch.last_seq, Some(seqs[2]));
+        assert!(!batch.exhausted);
+        let rest = store
+            .pending_after(batch.last_seq, 2, |_| false)
+            .expect("read");
+        assert_eq!(rest.events.len(), 1);
+        assert!(rest.exhausted);
+        assert_eq!(store.take_lowest_admitted(), Some(seqs[0]));
+        assert_eq!(store.take_lowest_admitted(), None);
+    }
+
     #[tokio::test]
     async fn concurrent_admits_of_one_id_record_it_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path(), 100);
         let shutdown = CancellationToken::new();
-        let flusher = tokio::spawn(Arc::clone(&store).run_flusher(shutdown.clone()));
+        let flusher = tokio::spawn(
+            Arc::clone(&store)
+                .run_flusher(shutdown.clone(), crate::metrics::Metrics::new().store_flush),
+        );
         let mut tasks = Vec::new();
         for _ in 0..20 {
             let store = Arc::clone(&store);
