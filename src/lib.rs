@@ -2,8 +2,9 @@
 //! RabbitMQ with publisher confirms. `main.rs` is a thin entry point; everything lives here.
 //!
 //! Layers, each using only those above it in this list: pure (`config`, `signature`, `event`) →
-//! adapters (`store` = sled, `publisher` = RabbitMQ, `confirmations`, `metrics`, `telemetry`) →
-//! the use case (`ingest`) → transport (`server`, `routes`, `admin`) → wiring (`app`) → `cli`.
+//! adapters (`store` = sled, `publisher` = RabbitMQ, `confirmations`, `metrics`, `telemetry`,
+//! `tls`) → the use case (`ingest`) → transport (`server`, `routes`, `admin`) → wiring (`app`) →
+//! `cli`.
 
 pub mod admin;
 pub mod app;
@@ -19,3 +20,4 @@ pub mod server;
 pub mod signature;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
