@@ -1,8 +1,11 @@
-//! The admin listener: `/healthz`, `/readyz` and `/metrics`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the inspection API (`/events`,
+//! `/events/{id}`, `/events/{id}/replay`, `/outbox`).
 //!
 //! Owns: what "ready" means (store open, broker connected with its confirm channel, outbox below
-//! its bound, not draining) and refreshing the gauges that are read rather than counted. Does not
-//! own: the metrics themselves (`metrics`). Bound to loopback by default; it shows no secrets.
+//! its bound, not draining), refreshing the gauges that are read rather than counted, and the
+//! bearer token on the inspection API (health and metrics stay open for probes and scrapers).
+//! Does not own: the metrics themselves (`metrics`) or the records (`store`). Bound to loopback by
+//! default; it never shows a secret, and an event body only when asked with `?body=true`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,9 +15,17 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use sha2::{Digest, Sha256};
+
+use crate::config::Secret;
+use crate::event::EventId;
 use crate::metrics::Metrics;
 use crate::publisher::BrokerStatus;
-use crate::store::Store;
+use crate::store::{EventKey, EventRecord, EventState, ListFilter, Replay, Store};
+
+/// Page size when a listing names none, and the most one page may hold.
+const DEFAULT_LIST_LIMIT: usize = 50;
+const MAX_LIST_LIMIT: usize = 1_000;
 
 #[derive(Debug)]
 pub struct Admin {
@@ -22,6 +33,77 @@ pub struct Admin {
     pub broker: Arc<BrokerStatus>,
     pub metrics: Metrics,
     pub draining: Arc<AtomicBool>,
+    /// Environments of the configured endpoints; an id is looked up in one of them.
+    pub environments: Vec<String>,
+    pub token: Option<Secret>,
+}
+
+type Answer = Response<Full<Bytes>>;
+
+/// An inspection request that ends early: a status and a stable error code.
+#[derive(Debug)]
+struct ApiError(StatusCode, &'static str);
+
+fn fail(status: StatusCode, code: &'static str) -> ApiError {
+    ApiError(status, code)
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    reply(status, "application/json", body.to_string())
+}
+
+fn error(status: StatusCode, code: &str) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": code }))
+}
+
+/// `%XX` decoding for path segments and query values; `+` is a space only in queries.
+fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = text.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((percent_decode(k, true)?, percent_decode(v, true)?))
+        })
+        .collect()
+}
+
+fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Hashing both sides first makes the comparison's timing independent of the token's bytes.
+fn token_matches(expected: &Secret, given: &str) -> bool {
+    Sha256::digest(expected.expose().as_bytes()) == Sha256::digest(given.as_bytes())
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -35,19 +117,13 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 
 impl Admin {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        if req.method() != Method::GET {
-            return reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "application/json",
-                r#"{"error":"method_not_allowed"}"#.to_owned(),
-            );
-        }
-        match req.uri().path() {
-            "/healthz" => reply(
-                StatusCode::OK,
-                "application/json",
-                r#"{"status":"ok"}"#.to_owned(),
-            ),
+        let path = req.uri().path().to_owned();
+        let get = req.method() == Method::GET;
+        match path.as_str() {
+            "/healthz" | "/readyz" | "/metrics" if !get => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            "/healthz" => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
             "/readyz" => self.readiness(),
             "/metrics" => {
                 self.refresh_gauges();
@@ -57,11 +133,155 @@ impl Admin {
                     self.metrics.render(),
                 )
             }
-            _ => reply(
-                StatusCode::NOT_FOUND,
-                "application/json",
-                r#"{"error":"not_found"}"#.to_owned(),
-            ),
+            _ if path == "/outbox" || path == "/events" || path.starts_with("/events/") => {
+                if !self.authorized(&req) {
+                    return error(StatusCode::UNAUTHORIZED, "unauthorized");
+                }
+                self.inspect(&req, &path).await
+            }
+            _ => error(StatusCode::NOT_FOUND, "not_found"),
+        }
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(expected) = &self.token else {
+            return true;
+        };
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| token_matches(expected, given))
+    }
+
+    async fn inspect(&self, req: &Request<Incoming>, path: &str) -> Response<Full<Bytes>> {
+        let query = query(req);
+        let method = req.method().clone();
+        let rest = path.strip_prefix("/events/").unwrap_or("");
+        let result = match (method, path) {
+            (Method::GET, "/outbox") => Ok(self.outbox()),
+            (Method::GET, "/events") => self.list(&query),
+            (Method::POST, _) if rest.ends_with("/replay") => {
+                self.replay(rest.trim_end_matches("/replay"), &query).await
+            }
+            (Method::GET, _) if !rest.is_empty() && !rest.contains('/') => self.show(rest, &query),
+            (_, "/outbox" | "/events") => {
+                Err(fail(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"))
+            }
+            _ => Err(fail(StatusCode::NOT_FOUND, "not_found")),
+        };
+        result.unwrap_or_else(|ApiError(status, code)| error(status, code))
+    }
+
+    fn outbox(&self) -> Response<Full<Bytes>> {
+        let depth = self.store.outbox_depth();
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "events": depth.events,
+                "bytes": depth.bytes,
+                "oldest_age_seconds": self.store.oldest_pending_age().map_or(0, |age| age.as_secs()),
+                "broker_connected": self.broker.is_connected(),
+                "last_publish_error": self.broker.last_error(),
+            }),
+        )
+    }
+
+    /// The key for an id from the path, in the environment the query names (or the only one).
+    fn key(&self, raw_id: &str, query: &[(String, String)]) -> Result<EventKey, ApiError> {
+        let id = percent_decode(raw_id, false)
+            .and_then(|id| EventId::parse(&id).ok())
+            .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "invalid_event_id"))?;
+        let environment = match (param(query, "environment"), self.environments.as_slice()) {
+            (Some(env), envs) if envs.iter().any(|e| e == env) => env.to_owned(),
+            (Some(_), _) => return Err(fail(StatusCode::NOT_FOUND, "unknown_environment")),
+            (None, [only]) => only.clone(),
+            (None, _) => return Err(fail(StatusCode::BAD_REQUEST, "environment_required")),
+        };
+        Ok(EventKey::new(&environment, &id))
+    }
+
+    fn view(&self, record: &EventRecord, with_body: bool) -> Result<serde_json::Value, ApiError> {
+        let mut value = serde_json::to_value(record)
+            .map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal"))?;
+        if with_body {
+            let body = self
+                .store
+                .body(record.seq, record.size)
+                .map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal"))?;
+            value["body"] = body.map_or(serde_json::Value::Null, |b| {
+                String::from_utf8_lossy(&b).into_owned().into()
+            });
+        }
+        Ok(value)
+    }
+
+    fn show(&self, raw_id: &str, query: &[(String, String)]) -> Result<Answer, ApiError> {
+        let key = self.key(raw_id, query)?;
+        let record = self
+            .store
+            .record(&key)
+            .map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal"))?
+            .ok_or_else(|| fail(StatusCode::NOT_FOUND, "not_found"))?;
+        let with_body = param(query, "body") == Some("true");
+        Ok(json(StatusCode::OK, &self.view(&record, with_body)?))
+    }
+
+    fn list(&self, query: &[(String, String)]) -> Result<Answer, ApiError> {
+        let bad = |code: &'static str| fail(StatusCode::BAD_REQUEST, code);
+        let state = match param(query, "state") {
+            None => None,
+            Some("pending") => Some(EventState::Pending),
+            Some("published") => Some(EventState::Published),
+            Some(_) => return Err(bad("invalid_state")),
+        };
+        let number = |name: &str| {
+            param(query, name)
+                .map(str::parse::<u64>)
+                .transpose()
+                .map_err(|_| bad("invalid_number"))
+        };
+        let filter = ListFilter {
+            state,
+            event_type: param(query, "type").map(str::to_owned),
+            since_ms: number("since")?,
+        };
+        let limit = number("limit")?.map_or(DEFAULT_LIST_LIMIT, |n| {
+            usize::try_from(n).unwrap_or(MAX_LIST_LIMIT)
+        });
+        let listing = self
+            .store
+            .list(&filter, number("before")?, limit.clamp(1, MAX_LIST_LIMIT))
+            .map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal"))?;
+        let events = listing
+            .events
+            .iter()
+            .map(|record| self.view(record, false))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "events": events, "next_before": listing.next_before }),
+        ))
+    }
+
+    async fn replay(&self, raw_id: &str, query: &[(String, String)]) -> Result<Answer, ApiError> {
+        let key = self.key(raw_id, query)?;
+        let outcome = self.store.replay(&key).await.map_err(|e| {
+            tracing::error!(error = %e, "replay failed");
+            fail(StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        })?;
+        let event_id = percent_decode(raw_id, false).unwrap_or_default();
+        match outcome {
+            Replay::Queued | Replay::AlreadyPending => {
+                let already_pending = outcome == Replay::AlreadyPending;
+                tracing::info!(event_id, already_pending, "replay queued");
+                Ok(json(
+                    StatusCode::ACCEPTED,
+                    &serde_json::json!({ "status": "queued", "event_id": event_id }),
+                ))
+            }
+            Replay::NotFound => Err(fail(StatusCode::NOT_FOUND, "not_found")),
+            Replay::BodyPruned => Err(fail(StatusCode::GONE, "body_pruned")),
         }
     }
 
@@ -99,6 +319,9 @@ impl Admin {
         self.metrics
             .outbox_oldest_age
             .set(i64::try_from(oldest_age.as_secs()).unwrap_or(i64::MAX));
+        self.metrics
+            .events_stored
+            .set(i64::try_from(self.store.events_stored()).unwrap_or(i64::MAX));
         if let Ok(size) = self.store.size_on_disk() {
             self.metrics
                 .store_size

@@ -23,7 +23,10 @@ use crate::metrics::Metrics;
 use crate::publisher::{BrokerStatus, Publisher};
 use crate::routes::Routes;
 use crate::server::{self, Limits};
-use crate::store::{Store, StoreError};
+use crate::store::{Retention, Store, StoreError};
+
+/// Retention is in days; a pass a minute keeps each pass small.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Admin requests are tiny and few; this bounds what a misbehaving scraper can hold open.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -114,6 +117,14 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppE
         broker: Arc::clone(&broker),
         metrics: metrics.clone(),
         draining: Arc::clone(&draining),
+        environments: config
+            .endpoints
+            .iter()
+            .map(|e| e.environment.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        token: config.admin.token.clone(),
     });
 
     let webhook_limits = Limits {
@@ -149,6 +160,13 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppE
         token.clone(),
         tokio::spawn(Arc::clone(&store).run_flusher(token, metrics.store_flush.clone())),
     ));
+    let token = CancellationToken::new();
+    let retention = Retention {
+        bodies: config.store.retain_bodies,
+        events: config.store.retain_events,
+    };
+    let pruner = Arc::clone(&store).run_pruner(token.clone(), PRUNE_EVERY, retention);
+    tasks.push(("pruner", token, tokio::spawn(pruner)));
     let token = CancellationToken::new();
     let handler = move |req| Arc::clone(&admin).handle(req);
     let admin_task = tokio::spawn(server::serve(

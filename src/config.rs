@@ -121,6 +121,8 @@ struct RawStore {
     path: PathBuf,
     max_outbox_events: Option<u64>,
     max_outbox_bytes: Option<u64>,
+    retain_bodies: Option<String>,
+    retain_events: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -153,6 +155,7 @@ struct RawDelivery {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+    token_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,8 +192,10 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
-    /// Health, readiness and metrics; loopback by default.
+    /// Health, readiness, metrics, inspection and replay; loopback by default.
     pub listen: SocketAddr,
+    /// Bearer token for the admin API; required when `listen` is not loopback.
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +213,10 @@ pub struct StoreConfig {
     pub path: PathBuf,
     pub max_outbox_events: u64,
     pub max_outbox_bytes: u64,
+    /// Published bodies are kept this long so they can be replayed.
+    pub retain_bodies: Duration,
+    /// Dedupe records are kept this long; `None` (the default) keeps them forever.
+    pub retain_events: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -324,6 +333,8 @@ const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// About an hour of traffic at 30 events/s; past it 0Gate retries and we shed load.
 const DEFAULT_MAX_OUTBOX_EVENTS: u64 = 100_000;
 const DEFAULT_MAX_OUTBOX_BYTES: u64 = 1024 * 1024 * 1024;
+/// Long enough for a consumer fix over a long weekend; bounded so disk use is bounded too.
+const DEFAULT_RETAIN_BODIES: &str = "7d";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const DEFAULT_ROUTING_KEY: &str = "{environment}.{type}";
 /// Enough to keep a broker's confirm pipeline full across a loopback or LAN round trip.
@@ -383,13 +394,55 @@ fn validate(
         SocketAddr::from(([127, 0, 0, 1], 0))
     });
     let admin_listen = raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
-    let admin_listen = admin_listen.parse().unwrap_or_else(|_| {
+    let admin_listen: SocketAddr = admin_listen.parse().unwrap_or_else(|_| {
         problem(
             "admin.listen",
             format!("{admin_listen:?} is not an address like 127.0.0.1:9090"),
         );
         SocketAddr::from(([127, 0, 0, 1], 0))
     });
+    let admin_token = match &raw.admin.token_env {
+        None => None,
+        Some(var) => match env(var) {
+            Some(token) if token.len() >= 16 => Some(Secret::new(token)),
+            Some(_) => {
+                problem(
+                    "admin.token_env",
+                    format!("the token in {var} is shorter than 16 characters"),
+                );
+                None
+            }
+            None => {
+                problem(
+                    "admin.token_env",
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        },
+    };
+    if raw.admin.token_env.is_none() && !admin_listen.ip().is_loopback() {
+        problem(
+            "admin.token_env",
+            "the admin listener is not on loopback: set token_env".to_owned(),
+        );
+    }
+    let retain_bodies = parse_duration(
+        raw.store
+            .retain_bodies
+            .as_deref()
+            .unwrap_or(DEFAULT_RETAIN_BODIES),
+    )
+    .unwrap_or_else(|why| {
+        problem("store.retain_bodies", why);
+        None
+    })
+    .unwrap_or(Duration::MAX);
+    let retain_events = parse_duration(raw.store.retain_events.as_deref().unwrap_or("forever"))
+        .unwrap_or_else(|why| {
+            problem("store.retain_events", why);
+            None
+        });
     let mut positive = |key: &str, value: Option<u64>, default: u64, max: u64| -> u64 {
         let v = value.unwrap_or(default);
         if v == 0 || v > max {
@@ -592,6 +645,8 @@ fn validate(
             path: raw.store.path,
             max_outbox_events,
             max_outbox_bytes,
+            retain_bodies,
+            retain_events,
         },
         amqp: AmqpConfig {
             url: AmqpUrl(url),
@@ -613,9 +668,39 @@ fn validate(
         },
         admin: AdminConfig {
             listen: admin_listen,
+            token: admin_token,
         },
         endpoints,
     }
+}
+
+/// `"7d"`, `"12h"`, `"30m"`, `"90s"`, or `"forever"` (`None`).
+fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
+    if text == "forever" {
+        return Ok(None);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a duration like \"7d\", \"12h\", \"30m\" or \"forever\"")
+    })?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3_600,
+        "d" => n * 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?} has no unit; use s, m, h or d, or \"forever\""
+            ));
+        }
+    };
+    if secs == 0 {
+        return Err(format!("{text:?} must be above zero"));
+    }
+    Ok(Some(Duration::from_secs(secs)))
 }
 
 fn valid_name(s: &str) -> bool {
@@ -789,6 +874,30 @@ mod tests {
         );
         let err = Config::parse(&text, &no_env).expect_err("syntax");
         assert!(!err.to_string().contains("whsec_live"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("7d"),
+            Ok(Some(Duration::from_secs(7 * 86_400)))
+        );
+        assert_eq!(parse_duration("90s"), Ok(Some(Duration::from_secs(90))));
+        assert_eq!(parse_duration("forever"), Ok(None));
+        assert!(parse_duration("7").is_err());
+        assert!(parse_duration("0h").is_err());
+        assert!(parse_duration("1w").is_err());
+    }
+
+    #[test]
+    fn admin_beyond_loopback_needs_a_token() {
+        let text = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9090\"\n");
+        let err = Config::parse(&text, &no_env).expect_err("no token");
+        assert!(err.to_string().contains("admin.token_env"), "{err}");
+        let text = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9090\"\ntoken_env = \"T\"\n");
+        let env = |_: &str| Some("a-long-enough-admin-token".to_owned());
+        let c = Config::parse(&text, &env).expect("valid");
+        assert!(c.admin.token.is_some());
     }
 
     #[test]

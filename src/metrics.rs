@@ -35,6 +35,7 @@ pub struct Metrics {
     pub amqp_reconnects: IntCounter,
     pub store_size: IntGauge,
     pub store_flush: Histogram,
+    pub events_stored: IntGauge,
 }
 
 impl Metrics {
@@ -130,6 +131,11 @@ impl Metrics {
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )
             .expect("valid metric"),
+            events_stored: IntGauge::new(
+                "gate_relay_events_stored",
+                "Dedupe records held (pending and published).",
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -151,6 +157,7 @@ impl Metrics {
             Box::new(self.amqp_reconnects.clone()),
             Box::new(self.store_size.clone()),
             Box::new(self.store_flush.clone()),
+            Box::new(self.events_stored.clone()),
         ];
         for collector in collectors {
             self.registry

@@ -52,12 +52,29 @@ const MAX_ROUTING_KEY: usize = 255;
 #[derive(Debug, Default)]
 pub struct BrokerStatus {
     connected: AtomicBool,
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl BrokerStatus {
     /// True when the connection and the confirm channel are up.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
+    }
+
+    /// The latest publish or connection failure, for `/outbox`; cleared by nothing, so an
+    /// operator sees the last thing that went wrong even after recovery.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .expect("no panics while holding the lock")
+            .clone()
+    }
+
+    fn record_error(&self, error: String) {
+        *self
+            .last_error
+            .lock()
+            .expect("no panics while holding the lock") = Some(error);
     }
 
     fn set(&self, connected: bool, metrics: &Metrics) {
@@ -166,7 +183,8 @@ impl Publisher {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connect failed")
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connect failed");
+                    self.status.record_error(format!("connect failed: {e}"));
                 }
             }
             tokio::select! {
@@ -421,6 +439,11 @@ impl Publisher {
                         result = c.result.label(),
                         "broker refused the event; will retry"
                     );
+                    self.status.record_error(format!(
+                        "{} for event {}",
+                        c.result.label(),
+                        c.event_id
+                    ));
                     failures.refused = true;
                 }
                 PublishResult::Error | PublishResult::Timeout => {
@@ -429,6 +452,11 @@ impl Publisher {
                         result = c.result.label(),
                         "publish outcome unknown; will publish again"
                     );
+                    self.status.record_error(format!(
+                        "{} for event {}",
+                        c.result.label(),
+                        c.event_id
+                    ));
                     failures.broken = true;
                 }
             }

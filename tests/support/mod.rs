@@ -92,6 +92,8 @@ pub struct Options {
     pub max_outbox_events: u64,
     pub extra_queue_args: Vec<(&'static str, AMQPValue)>,
     pub wait_for_broker: bool,
+    /// Bearer token the admin API requires (read from `ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
 }
 
 impl Default for Options {
@@ -105,6 +107,7 @@ impl Default for Options {
             max_outbox_events: 100_000,
             extra_queue_args: Vec::new(),
             wait_for_broker: true,
+            admin_token: None,
         }
     }
 }
@@ -264,6 +267,7 @@ header_read_timeout_ms = {header_timeout}
 shutdown_grace_ms = 5000
 [admin]
 listen = "{admin}"
+{token}
 [store]
 path = "{store}"
 max_outbox_events = {max_outbox}
@@ -294,6 +298,11 @@ tolerance_secs = 300
         url = options.amqp_url,
         ack = options.ack,
         confirm_timeout = options.confirm_timeout_ms,
+        token = if options.admin_token.is_some() {
+            "token_env = \"ADMIN_TOKEN\""
+        } else {
+            ""
+        },
     )
 }
 
@@ -360,7 +369,15 @@ impl TestApp {
             "127.0.0.1:0",
             "127.0.0.1:0",
         );
-        let config = Config::parse(&text, &|_| None).expect("test config is valid");
+        let token = options.admin_token.clone();
+        let env = move |name: &str| {
+            if name == "ADMIN_TOKEN" {
+                token.clone()
+            } else {
+                None
+            }
+        };
+        let config = Config::parse(&text, &env).expect("test config is valid");
         let listeners = Listeners {
             webhook: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
             admin: TcpListener::bind("127.0.0.1:0").await.expect("bind admin"),
@@ -378,6 +395,45 @@ impl TestApp {
             options,
             store_dir,
         }
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.running.as_ref().expect("running").admin_addr
+        )
+    }
+
+    /// An admin API call; returns status and JSON body.
+    pub async fn admin(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(self.admin_url(path));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request.body(Full::new(Bytes::new())).expect("request");
+        let response = tokio::time::timeout(WAIT, self.client.request(request))
+            .await
+            .expect("admin answered in time")
+            .expect("request sent");
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned().into()),
+        )
     }
 
     pub fn url(&self, path: &str) -> String {

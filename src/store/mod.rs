@@ -41,6 +41,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::StoreConfig;
 use crate::event::EventId;
 
+mod inspect;
+pub use inspect::{ListFilter, Listing, Pruned, Replay, Retention};
+
 /// sled turns log items over a quarter segment (128 KiB by default) into never-synced blob files;
 /// 32 KiB chunks keep single values far below that.
 pub const BODY_CHUNK: usize = 32 * 1024;
@@ -71,10 +74,24 @@ pub struct EventRecord {
     pub published_at_ms: Option<u64>,
     pub body_sha256: String,
     pub size: u64,
+    /// The first delivery's request id (forwarded with the message).
     pub request_id: String,
     /// The `Gate-Signature` header as received, forwarded so consumers can verify again.
     pub signature: String,
+    /// Deliveries of this id seen so far, the first included (retries and replays from 0Gate).
+    #[serde(default = "one")]
+    pub deliveries: u64,
+    /// Request ids of the latest deliveries, oldest first, at most [`MAX_REQUEST_IDS`].
+    #[serde(default)]
+    pub request_ids: Vec<String>,
 }
+
+fn one() -> u64 {
+    1
+}
+
+/// Request ids kept per record: enough to trace a retry storm, bounded so a record stays small.
+pub const MAX_REQUEST_IDS: usize = 16;
 
 /// The dedupe key: environment and event id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -159,11 +176,14 @@ pub struct Store {
     events: sled::Tree,
     outbox: sled::Tree,
     bodies: sled::Tree,
+    /// Arrival order over all records: sequence → event key. Listing and pruning walk it.
+    by_seq: sled::Tree,
     path: PathBuf,
     max_outbox_events: u64,
     max_outbox_bytes: u64,
     outbox_events: AtomicU64,
     outbox_bytes: AtomicU64,
+    events_stored: AtomicU64,
     /// Generation requested by the newest write; the flusher covers it on its next round.
     written: AtomicU64,
     wake_flusher: Notify,
@@ -237,12 +257,14 @@ impl Store {
             events: db.open_tree("events")?,
             outbox: db.open_tree("outbox")?,
             bodies: db.open_tree("bodies")?,
+            by_seq: db.open_tree("by_seq")?,
             db,
             path: config.path.clone(),
             max_outbox_events: config.max_outbox_events,
             max_outbox_bytes: config.max_outbox_bytes,
             outbox_events: AtomicU64::new(0),
             outbox_bytes: AtomicU64::new(0),
+            events_stored: AtomicU64::new(0),
             written: AtomicU64::new(0),
             wake_flusher: Notify::new(),
             flushed: watch::Sender::new(0),
@@ -258,6 +280,10 @@ impl Store {
             bytes += size;
         }
         store.outbox_events.store(events, Ordering::SeqCst);
+        // One pass over the records at start; after that the count is kept in memory.
+        store
+            .events_stored
+            .store(store.events.len() as u64, Ordering::SeqCst);
         store.outbox_bytes.store(bytes, Ordering::SeqCst);
         // The directory entries of files sled just created must survive a power cut too.
         store.sync_all()?;
@@ -296,8 +322,8 @@ impl Store {
     }
 
     fn admit_in_memory(&self, new: &NewEvent<'_>) -> Result<Admission, StoreError> {
-        if let Some(existing) = self.events.get(&new.key.0)? {
-            return Ok(Admission::Seen(decode_record(&existing)?.state));
+        if let Some(state) = self.count_delivery(new)? {
+            return Ok(Admission::Seen(state));
         }
         let size = new.body.len() as u64;
         let depth = self.outbox_depth();
@@ -322,34 +348,64 @@ impl Store {
             size,
             request_id: new.request_id.to_owned(),
             signature: new.signature.to_owned(),
+            deliveries: 1,
+            request_ids: vec![new.request_id.to_owned()],
         });
         let outbox_entry = outbox_value(size, new.key);
         // The closure may run several times (optimistic concurrency): it only reads and writes.
-        let outcome =
-            (&self.events, &self.outbox, &self.bodies).transaction(|(events, outbox, bodies)| {
-                if let Some(existing) = events.get(&new.key.0)? {
-                    return Ok(Some(existing));
+        let outcome = (&self.events, &self.outbox, &self.bodies, &self.by_seq).transaction(
+            |(events, outbox, bodies, by_seq)| {
+                if events.get(&new.key.0)?.is_some() {
+                    return Ok(false);
                 }
                 events.insert(new.key.0.as_slice(), record.as_slice())?;
                 outbox.insert(&seq.to_be_bytes(), outbox_entry.as_slice())?;
+                by_seq.insert(&seq.to_be_bytes(), new.key.0.as_slice())?;
                 for (i, chunk) in new.body.chunks(BODY_CHUNK).enumerate() {
                     let i = u32::try_from(i).expect("bodies are capped far below 4 billion chunks");
                     bodies.insert(&chunk_key(seq, i), chunk)?;
                 }
-                Ok::<_, ConflictableTransactionError<()>>(None)
-            });
+                Ok::<_, ConflictableTransactionError<()>>(true)
+            },
+        );
         match outcome {
-            Ok(Some(existing)) => Ok(Admission::Seen(decode_record(&existing)?.state)),
-            Ok(None) => {
+            Ok(true) => {
                 self.outbox_events.fetch_add(1, Ordering::SeqCst);
                 self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
+                self.events_stored.fetch_add(1, Ordering::SeqCst);
                 self.lowest_admitted.fetch_min(seq, Ordering::SeqCst);
                 self.outbox_grew.notify_one();
                 Ok(Admission::New)
             }
+            // Another delivery of the same id committed between our check and our transaction.
+            Ok(false) => match self.count_delivery(new)? {
+                Some(state) => Ok(Admission::Seen(state)),
+                None => Err(StoreError::Corrupt(
+                    "a record vanished during admit".to_owned(),
+                )),
+            },
             Err(TransactionError::Storage(e)) => Err(e.into()),
             Err(TransactionError::Abort(())) => unreachable!("the admit transaction never aborts"),
         }
+    }
+
+    /// For an id seen before: counts this delivery on its record and returns the record's state.
+    fn count_delivery(&self, new: &NewEvent<'_>) -> Result<Option<EventState>, StoreError> {
+        let updated = self.events.update_and_fetch(&new.key.0, |old| {
+            let old = old?;
+            let Ok(mut record) = serde_json::from_slice::<EventRecord>(old) else {
+                return Some(old.to_vec()); // leave an unreadable record as it is; decoding reports it
+            };
+            record.deliveries += 1;
+            record.request_ids.push(new.request_id.to_owned());
+            if record.request_ids.len() > MAX_REQUEST_IDS {
+                record.request_ids.remove(0);
+            }
+            Some(encode_record(&record))
+        })?;
+        updated
+            .map(|v| decode_record(&v).map(|r| r.state))
+            .transpose()
     }
 
     /// Waits until a flush that started after this call has completed.
@@ -397,31 +453,49 @@ impl Store {
             if skip(seq) {
                 continue;
             }
+            // A broken entry must not stop the publisher for everyone else: report and skip it
+            // (it stays in the outbox, visible in /outbox and the outbox metrics).
             let Some(record) = self.record(&key)? else {
-                return Err(StoreError::Corrupt(format!(
-                    "outbox entry {seq} has no record"
-                )));
+                tracing::error!(seq, "outbox entry has no record; skipped");
+                continue;
             };
-            let mut body = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
-            for chunk in self
-                .bodies
-                .range(chunk_key(seq, 0)..=chunk_key(seq, u32::MAX))
-            {
-                body.extend_from_slice(&chunk?.1);
-            }
-            if body.len() as u64 != size {
-                return Err(StoreError::Corrupt(format!(
-                    "outbox entry {seq} body is incomplete"
-                )));
-            }
+            // A replay queues the event under a new sequence; its body stays under the first.
+            let Some(body) = self.body(record.seq, size)? else {
+                tracing::error!(
+                    seq,
+                    event_id = record.event_id,
+                    "outbox entry has no body; skipped"
+                );
+                continue;
+            };
             batch.events.push(Pending {
                 seq,
                 key,
                 record,
-                body: body.freeze(),
+                body,
             });
         }
         Ok(batch)
+    }
+
+    /// The body stored under `seq`, if it has not been pruned.
+    pub fn body(&self, seq: u64, size: u64) -> Result<Option<Bytes>, StoreError> {
+        let mut body = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+        for chunk in self
+            .bodies
+            .range(chunk_key(seq, 0)..=chunk_key(seq, u32::MAX))
+        {
+            body.extend_from_slice(&chunk?.1);
+        }
+        if body.is_empty() && size > 0 {
+            return Ok(None);
+        }
+        if body.len() as u64 != size {
+            return Err(StoreError::Corrupt(format!(
+                "the body of {seq} is incomplete"
+            )));
+        }
+        Ok(Some(body.freeze()))
     }
 
     /// The lowest sequence admitted since the last call, if any: a reader whose cursor is past
@@ -436,37 +510,35 @@ impl Store {
         self.outbox_grew.notified().await;
     }
 
-    /// Marks events confirmed by the broker: record `published`, outbox entry and body removed.
-    /// Not waited on for durability (see the module guarantee).
+    /// Marks events confirmed by the broker: record `published`, outbox entry removed. The body
+    /// stays for replay until the retention task prunes it. Not waited on for durability (see
+    /// the module guarantee).
     pub fn mark_published(&self, confirmed: &[(u64, EventKey)]) -> Result<(), StoreError> {
         if confirmed.is_empty() {
             return Ok(());
         }
         let published_at = now_ms();
-        let removed =
-            (&self.events, &self.outbox, &self.bodies).transaction(|(events, outbox, bodies)| {
-                let (mut count, mut bytes) = (0u64, 0u64);
-                for (seq, key) in confirmed {
-                    if outbox.remove(&seq.to_be_bytes())?.is_none() {
-                        continue; // already marked (a republish confirmed twice)
-                    }
-                    let Some(raw) = events.get(&key.0)? else {
-                        continue;
-                    };
-                    let Ok(mut record) = serde_json::from_slice::<EventRecord>(&raw) else {
-                        continue;
-                    };
-                    record.state = EventState::Published;
-                    record.published_at_ms = Some(published_at);
-                    events.insert(key.0.as_slice(), encode_record(&record))?;
-                    for i in 0..chunk_count(record.size) {
-                        bodies.remove(&chunk_key(*seq, i))?;
-                    }
-                    count += 1;
-                    bytes += record.size;
-                }
-                Ok::<_, ConflictableTransactionError<()>>((count, bytes))
-            });
+        let removed = (&self.events, &self.outbox).transaction(|(events, outbox)| {
+            let (mut count, mut bytes) = (0u64, 0u64);
+            for (seq, key) in confirmed {
+                let Some(entry) = outbox.remove(&seq.to_be_bytes())? else {
+                    continue; // already marked (a republish confirmed twice)
+                };
+                count += 1;
+                bytes +=
+                    parse_outbox_entry(&seq.to_be_bytes(), &entry).map_or(0, |(_, size, _)| size);
+                let Some(raw) = events.get(&key.0)? else {
+                    continue;
+                };
+                let Ok(mut record) = serde_json::from_slice::<EventRecord>(&raw) else {
+                    continue;
+                };
+                record.state = EventState::Published;
+                record.published_at_ms = Some(published_at);
+                events.insert(key.0.as_slice(), encode_record(&record))?;
+            }
+            Ok::<_, ConflictableTransactionError<()>>((count, bytes))
+        });
         match removed {
             Ok((count, bytes)) => {
                 self.outbox_events.fetch_sub(count, Ordering::SeqCst);
@@ -575,6 +647,8 @@ mod tests {
             path: dir.to_path_buf(),
             max_outbox_events: max_events,
             max_outbox_bytes: 1 << 30,
+            retain_bodies: Duration::from_secs(60),
+            retain_events: None,
         };
         Arc::new(Store::open(&config).expect("open store"))
     }
@@ -631,7 +705,7 @@ mod tests {
                 bytes: 0
             }
         );
-        assert_eq!(store.bodies.len(), 0, "published bodies leave the store");
+        assert_eq!(store.outbox.len(), 0, "published events leave the outbox");
         assert_eq!(
             admit_sync(&store, "e1", &body).expect("again"),
             Admission::Seen(EventState::Published)

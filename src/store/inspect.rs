@@ -1,0 +1,473 @@
+//! Inspection, replay and retention over the store.
+//!
+//! Owns: reading records newest first (the `by_seq` index), queueing a stored event again, and
+//! pruning published bodies and old records. Guarantees: a replay and a prune of the same event
+//! are serialised by sled transactions (a replay never queues an event whose body is gone); only
+//! published events are pruned; every walk is bounded per call, so the admin API and the pruner
+//! stay responsive at millions of records.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    EventKey, EventRecord, EventState, Store, StoreError, chunk_count, chunk_key, decode_record,
+    encode_record, now_ms, outbox_value,
+};
+
+/// At most this many records are read for one listing, matching or not, so a filter that
+/// matches nothing cannot walk millions of records; the caller continues from `next_before`.
+const MAX_SCANNED_PER_LIST: usize = 50_000;
+/// Records looked at per pruning pass; the next pass continues where this one stopped.
+const PRUNE_BUDGET: usize = 10_000;
+
+/// Which records a listing wants.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub state: Option<EventState>,
+    pub event_type: Option<String>,
+    /// Only records received at or after this (unix ms).
+    pub since_ms: Option<u64>,
+}
+
+/// One page of records, newest first.
+#[derive(Debug)]
+pub struct Listing {
+    pub events: Vec<EventRecord>,
+    /// Pass as `before` to read the next page; `None` at the end.
+    pub next_before: Option<u64>,
+}
+
+/// What a replay request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// Queued again; the publisher sends it with the same `message_id`.
+    Queued,
+    /// Still pending: it will be published anyway.
+    AlreadyPending,
+    NotFound,
+    /// Its body was pruned after `retain_bodies`.
+    BodyPruned,
+}
+
+/// How long things are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub bodies: Duration,
+    /// `None` keeps records (the dedupe memory) forever.
+    pub events: Option<Duration>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub bodies: u64,
+    pub events: u64,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Store {
+    pub fn events_stored(&self) -> u64 {
+        self.events_stored.load(Ordering::SeqCst)
+    }
+
+    /// Records newest first, before sequence `before` (exclusive), matching `filter`.
+    pub fn list(
+        &self,
+        filter: &ListFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Listing, StoreError> {
+        let end = before.unwrap_or(u64::MAX);
+        let mut listing = Listing {
+            events: Vec::new(),
+            next_before: None,
+        };
+        for (scanned, entry) in self.by_seq.range(..end.to_be_bytes()).rev().enumerate() {
+            let (k, key) = entry?;
+            let seq = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("index key".to_owned()))?,
+            );
+            if listing.events.len() == limit || scanned == MAX_SCANNED_PER_LIST {
+                listing.next_before = Some(seq + 1);
+                break;
+            }
+            let Some(raw) = self.events.get(&key)? else {
+                continue;
+            };
+            let record = decode_record(&raw)?;
+            if record.seq != seq {
+                continue; // an index entry left by a record pruned and admitted again
+            }
+            if filter
+                .since_ms
+                .is_some_and(|since| record.received_at_ms < since)
+            {
+                break; // arrival order: everything further is older still
+            }
+            let state_ok = filter.state.is_none_or(|s| s == record.state);
+            let type_ok = filter
+                .event_type
+                .as_deref()
+                .is_none_or(|t| t == record.event_type);
+            if state_ok && type_ok {
+                listing.events.push(record);
+            }
+        }
+        Ok(listing)
+    }
+
+    /// Queues a stored event for publishing again, bypassing dedupe on purpose; durable when
+    /// it returns.
+    pub async fn replay(&self, key: &EventKey) -> Result<Replay, StoreError> {
+        let outbox_seq = self.db.generate_id()?;
+        let outcome =
+            (&self.events, &self.outbox, &self.bodies).transaction(|(events, outbox, bodies)| {
+                let Some(raw) = events.get(&key.0)? else {
+                    return Ok((Replay::NotFound, 0));
+                };
+                let Ok(mut record) = serde_json::from_slice::<EventRecord>(&raw) else {
+                    return Ok((Replay::NotFound, 0));
+                };
+                if record.state == EventState::Pending {
+                    return Ok((Replay::AlreadyPending, 0));
+                }
+                if record.size > 0 && bodies.get(chunk_key(record.seq, 0))?.is_none() {
+                    return Ok((Replay::BodyPruned, 0));
+                }
+                record.state = EventState::Pending;
+                record.published_at_ms = None;
+                events.insert(key.0.as_slice(), encode_record(&record))?;
+                outbox.insert(&outbox_seq.to_be_bytes(), outbox_value(record.size, key))?;
+                Ok::<_, ConflictableTransactionError<()>>((Replay::Queued, record.size))
+            });
+        let (replay, size) = match outcome {
+            Ok(done) => done,
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+            Err(TransactionError::Abort(())) => unreachable!("the replay transaction never aborts"),
+        };
+        if replay == Replay::Queued {
+            self.outbox_events.fetch_add(1, Ordering::SeqCst);
+            self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
+            self.lowest_admitted.fetch_min(outbox_seq, Ordering::SeqCst);
+            self.outbox_grew.notify_one();
+            self.wait_durable().await?;
+        }
+        Ok(replay)
+    }
+
+    /// One bounded pruning pass: bodies of events published longer ago than `retention.bodies`,
+    /// then (when set) records received longer ago than `retention.events`.
+    pub fn prune(&self, now: u64, retention: Retention) -> Result<Pruned, StoreError> {
+        let mut pruned = Pruned::default();
+        let body_cutoff = now.saturating_sub(ms(retention.bodies));
+        // Bodies are keyed by the sequence of first arrival, so this walks oldest first.
+        let mut looked = 0;
+        let mut next = Some(0u64);
+        while let Some(from) = next {
+            let Some(entry) = self.bodies.range(chunk_key(from, 0)..).next() else {
+                break;
+            };
+            let (k, _) = entry?;
+            let seq = u64::from_be_bytes(
+                k[..8]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("body key".to_owned()))?,
+            );
+            looked += 1;
+            if looked > PRUNE_BUDGET {
+                break;
+            }
+            next = seq.checked_add(1);
+            let Some(key) = self.by_seq.get(seq.to_be_bytes())? else {
+                continue;
+            };
+            let Some(record) = self
+                .events
+                .get(&key)?
+                .map(|v| decode_record(&v))
+                .transpose()?
+            else {
+                continue;
+            };
+            if record.received_at_ms >= body_cutoff {
+                break; // everything after arrived later still
+            }
+            if self.prune_body(&key, seq)? {
+                pruned.bodies += 1;
+            }
+        }
+        if let Some(keep) = retention.events {
+            let cutoff = now.saturating_sub(ms(keep));
+            for entry in self.by_seq.iter().take(PRUNE_BUDGET) {
+                let (k, key) = entry?;
+                let seq = u64::from_be_bytes(
+                    k.as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("index key".to_owned()))?,
+                );
+                match self
+                    .events
+                    .get(&key)?
+                    .map(|v| decode_record(&v))
+                    .transpose()?
+                {
+                    Some(record) if record.seq == seq => {
+                        if record.received_at_ms >= cutoff {
+                            break;
+                        }
+                        if self.prune_record(&key, seq)? {
+                            pruned.events += 1;
+                        }
+                    }
+                    // A stale index entry: its record was pruned and admitted again.
+                    _ => {
+                        self.by_seq.remove(k)?;
+                    }
+                }
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// Removes the body of a published event; false when it is pending (a replay won the race).
+    fn prune_body(&self, key: &[u8], seq: u64) -> Result<bool, StoreError> {
+        let outcome = (&self.events, &self.bodies).transaction(|(events, bodies)| {
+            let Some(raw) = events.get(key)? else {
+                return Ok(false);
+            };
+            let Ok(record) = serde_json::from_slice::<EventRecord>(&raw) else {
+                return Ok(false);
+            };
+            if record.state != EventState::Published {
+                return Ok(false);
+            }
+            for i in 0..chunk_count(record.size) {
+                bodies.remove(&chunk_key(seq, i))?;
+            }
+            Ok::<_, ConflictableTransactionError<()>>(true)
+        });
+        outcome.map_err(|e| match e {
+            TransactionError::Storage(e) => e.into(),
+            TransactionError::Abort(()) => unreachable!("the prune transaction never aborts"),
+        })
+    }
+
+    /// Forgets a published event entirely: a later delivery of its id is new again.
+    fn prune_record(&self, key: &[u8], seq: u64) -> Result<bool, StoreError> {
+        let outcome =
+            (&self.events, &self.bodies, &self.by_seq).transaction(|(events, bodies, by_seq)| {
+                let Some(raw) = events.get(key)? else {
+                    return Ok(false);
+                };
+                let Ok(record) = serde_json::from_slice::<EventRecord>(&raw) else {
+                    return Ok(false);
+                };
+                if record.state != EventState::Published {
+                    return Ok(false);
+                }
+                events.remove(key)?;
+                by_seq.remove(&seq.to_be_bytes())?;
+                for i in 0..chunk_count(record.size) {
+                    bodies.remove(&chunk_key(seq, i))?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(true)
+            });
+        let removed = outcome.map_err(|e| match e {
+            TransactionError::Storage(e) => StoreError::from(e),
+            TransactionError::Abort(()) => unreachable!("the prune transaction never aborts"),
+        })?;
+        if removed {
+            self.events_stored.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(removed)
+    }
+
+    /// Prunes every `every` until `shutdown`. Pruning needs no flush: a prune lost in a crash is
+    /// simply done again.
+    pub async fn run_pruner(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        every: Duration,
+        retention: Retention,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => break,
+            }
+            let store = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || store.prune(now_ms(), retention)).await {
+                Ok(Ok(p)) if p != Pruned::default() => {
+                    tracing::info!(bodies = p.bodies, events = p.events, "pruned");
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "pruning failed"),
+                Err(e) => tracing::error!(error = %e, "pruning task failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+    use crate::event::EventId;
+    use crate::store::{Admission, NewEvent};
+    use bytes::Bytes;
+
+    fn store(dir: &std::path::Path) -> Store {
+        Store::open(&StoreConfig {
+            path: dir.to_path_buf(),
+            max_outbox_events: 100,
+            max_outbox_bytes: 1 << 20,
+            retain_bodies: Duration::from_secs(60),
+            retain_events: None,
+        })
+        .expect("open")
+    }
+
+    fn admit(store: &Store, id: &str, event_type: &str, received_at_ms: u64) -> EventKey {
+        let event_id = EventId::parse(id).expect("id");
+        let key = EventKey::new("live", &event_id);
+        let body = Bytes::from(format!(r#"{{"id":"{id}"}}"#));
+        let admitted = store
+            .admit_in_memory(&NewEvent {
+                key: &key,
+                environment: "live",
+                event_id: &event_id,
+                event_type,
+                endpoint: "ep",
+                received_at_ms,
+                request_id: "r",
+                signature: "s",
+                body: &body,
+            })
+            .expect("admit");
+        assert_eq!(admitted, Admission::New);
+        key
+    }
+
+    fn publish_all(store: &Store) {
+        let pending = store
+            .pending_after(None, 100, |_| false)
+            .expect("read")
+            .events;
+        let acked: Vec<_> = pending.into_iter().map(|p| (p.seq, p.key)).collect();
+        store.mark_published(&acked).expect("mark");
+    }
+
+    #[test]
+    fn listing_is_newest_first_filtered_and_paged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        for (i, t) in ["a", "b", "a", "a"].iter().enumerate() {
+            admit(&store, &format!("e{i}"), t, 1_000 + i as u64);
+        }
+        let filter = ListFilter {
+            event_type: Some("a".to_owned()),
+            ..ListFilter::default()
+        };
+        let page = store.list(&filter, None, 2).expect("list");
+        let ids: Vec<&str> = page.events.iter().map(|r| r.event_id.as_str()).collect();
+        assert_eq!(ids, ["e3", "e2"]);
+        let rest = store.list(&filter, page.next_before, 2).expect("list");
+        let ids: Vec<&str> = rest.events.iter().map(|r| r.event_id.as_str()).collect();
+        assert_eq!(ids, ["e0"]);
+        assert_eq!(rest.next_before, None);
+        let since = ListFilter {
+            since_ms: Some(1_002),
+            ..ListFilter::default()
+        };
+        assert_eq!(store.list(&since, None, 10).expect("list").events.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn replay_queues_a_published_event_until_its_body_is_pruned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(store(dir.path()));
+        let shutdown = CancellationToken::new();
+        let flusher = tokio::spawn(
+            Arc::clone(&store)
+                .run_flusher(shutdown.clone(), crate::metrics::Metrics::new().store_flush),
+        );
+        let key = admit(&store, "e1", "a", 1_000);
+        assert_eq!(
+            store.replay(&key).await.expect("replay"),
+            Replay::AlreadyPending
+        );
+        publish_all(&store);
+        assert_eq!(store.replay(&key).await.expect("replay"), Replay::Queued);
+        let again = store
+            .pending_after(None, 10, |_| false)
+            .expect("read")
+            .events;
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].body.as_ref(), br#"{"id":"e1"}"#);
+        publish_all(&store);
+
+        let retention = Retention {
+            bodies: Duration::from_millis(10),
+            events: None,
+        };
+        assert_eq!(
+            store.prune(2_000, retention).expect("prune"),
+            Pruned {
+                bodies: 1,
+                events: 0
+            }
+        );
+        assert_eq!(
+            store.replay(&key).await.expect("replay"),
+            Replay::BodyPruned
+        );
+        let missing = EventKey::new("live", &EventId::parse("nope").expect("id"));
+        assert_eq!(
+            store.replay(&missing).await.expect("replay"),
+            Replay::NotFound
+        );
+        shutdown.cancel();
+        flusher.await.expect("flusher");
+    }
+
+    #[test]
+    fn pruning_keeps_pending_and_young_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        admit(&store, "old", "a", 1_000);
+        publish_all(&store);
+        admit(&store, "old-pending", "a", 1_001);
+        admit(&store, "young", "a", 9_000);
+        let retention = Retention {
+            bodies: Duration::from_millis(100),
+            events: Some(Duration::from_millis(100)),
+        };
+        let pruned = store.prune(5_000, retention).expect("prune");
+        assert_eq!(
+            pruned,
+            Pruned {
+                bodies: 1,
+                events: 1
+            }
+        );
+        assert_eq!(store.events_stored(), 2);
+        let left: Vec<String> = store
+            .list(&ListFilter::default(), None, 10)
+            .expect("list")
+            .events
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect();
+        assert_eq!(left, ["young", "old-pending"]);
+    }
+}
