@@ -24,6 +24,7 @@ use crate::publisher::{BrokerStatus, Publisher};
 use crate::routes::Routes;
 use crate::server::{self, Limits};
 use crate::store::{Retention, Store, StoreError};
+use crate::tls::{ServerTls, TlsError};
 
 /// Retention is in days; a pass a minute keeps each pass small.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -40,6 +41,8 @@ pub enum AppError {
     },
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// The bound sockets, created before `start` so tests can bind port 0.
@@ -71,6 +74,8 @@ pub struct Running {
     pub metrics: Metrics,
     pub broker: Arc<BrokerStatus>,
     pub store: Arc<Store>,
+    routes: Arc<Routes>,
+    tls: Option<Arc<ServerTls>>,
     draining: Arc<AtomicBool>,
     tasks: Vec<(&'static str, CancellationToken, JoinHandle<()>)>,
 }
@@ -78,6 +83,13 @@ pub struct Running {
 /// Builds everything and starts serving.
 pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppError> {
     let addr = local_addr(&listeners.webhook, config.server.listen)?;
+    let tls = config
+        .server
+        .tls
+        .clone()
+        .map(ServerTls::load)
+        .transpose()?
+        .map(Arc::new);
     let admin_addr = local_addr(&listeners.admin, config.admin.listen)?;
     let store_config = config.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&store_config))
@@ -140,9 +152,11 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppE
     // Spawned in shutdown order: the webhook server stops first, the admin listener last.
     let mut tasks = Vec::new();
     let token = CancellationToken::new();
+    let reload_routes = Arc::clone(&routes);
     let handler = move |req| Arc::clone(&routes).handle(req);
     let server_task = tokio::spawn(server::serve(
         listeners.webhook,
+        tls.as_ref().map(|t| t.acceptor()),
         handler,
         webhook_limits,
         token.clone(),
@@ -171,6 +185,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppE
     let handler = move |req| Arc::clone(&admin).handle(req);
     let admin_task = tokio::spawn(server::serve(
         listeners.admin,
+        None,
         handler,
         admin_limits,
         token.clone(),
@@ -184,6 +199,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppE
         metrics,
         broker,
         store,
+        routes: reload_routes,
+        tls,
         draining,
         tasks,
     })
@@ -197,6 +214,20 @@ fn local_addr(listener: &TcpListener, configured: SocketAddr) -> Result<SocketAd
 }
 
 impl Running {
+    /// Applies what can change without a restart: endpoints and their secrets, and the TLS
+    /// certificate. A certificate that fails to load keeps the old one (and says why).
+    pub fn reload(&self, config: &Config) {
+        self.routes.replace_endpoints(&config.endpoints);
+        tracing::info!(
+            endpoints = config.endpoints.len(),
+            "endpoints and secrets reloaded"
+        );
+        if let Some(tls) = &self.tls {
+            // ServerTls::reload logs its own outcome.
+            let _ = tls.reload();
+        }
+    }
+
     /// Stops everything in order; returns when the store has been flushed.
     pub async fn shutdown(self) {
         self.draining.store(true, Ordering::SeqCst);
@@ -211,11 +242,30 @@ impl Running {
     }
 }
 
-/// Binds, starts, serves until `signal` resolves, then shuts down in order.
-pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<(), AppError> {
+/// Binds, starts, serves until `signal` resolves, then shuts down in order. On SIGHUP, `reload`
+/// reads the configuration again; a configuration that does not validate changes nothing.
+pub async fn run(
+    config: Config,
+    reload: impl Fn() -> Result<Config, String>,
+    signal: impl Future<Output = ()>,
+) -> Result<(), AppError> {
     let listeners = Listeners::bind(&config).await?;
     let running = start(config, listeners).await?;
-    signal.await;
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|source| AppError::Bind {
+            addr: running.addr,
+            source,
+        })?;
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            _ = hangups.recv() => match reload() {
+                Ok(config) => running.reload(&config),
+                Err(problems) => tracing::warn!(%problems, "reload refused; keeping the running configuration"),
+            },
+        }
+    }
     running.shutdown().await;
     Ok(())
 }

@@ -68,8 +68,8 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
-        Command::Serve { config } => {
-            let config = match load(&config) {
+        Command::Serve { config: path } => {
+            let config = match load(&path) {
                 Ok(c) => c,
                 Err(problems) => {
                     eprintln!("{problems}");
@@ -84,7 +84,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(app::run(config, shutdown_signal())) {
+            match runtime.block_on(app::run(config, || load(&path), shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "gate-relay failed");

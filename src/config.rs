@@ -113,6 +113,15 @@ struct RawServer {
     request_timeout_ms: Option<u64>,
     max_connections: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    client_ca_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,7 +137,11 @@ struct RawStore {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAmqp {
-    url: String,
+    url: Option<String>,
+    url_env: Option<String>,
+    ca_path: Option<PathBuf>,
+    client_cert_path: Option<PathBuf>,
+    client_key_path: Option<PathBuf>,
     exchange: String,
     routing_key: Option<String>,
     max_in_flight: Option<u64>,
@@ -173,6 +186,7 @@ struct RawEndpoint {
     environment: String,
     secrets: Option<Vec<String>>,
     secrets_env: Option<String>,
+    secrets_file: Option<PathBuf>,
     tolerance_secs: Option<u64>,
 }
 
@@ -206,6 +220,7 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -222,6 +237,10 @@ pub struct StoreConfig {
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
     pub url: AmqpUrl,
+    /// For `amqps://`: extra CA certificates (PEM) and an optional client certificate and key.
+    pub ca_path: Option<PathBuf>,
+    pub client_cert_path: Option<PathBuf>,
+    pub client_key_path: Option<PathBuf>,
     pub exchange: String,
     pub routing_key: RoutingKeyTemplate,
     pub max_in_flight: usize,
@@ -541,9 +560,38 @@ fn validate(
         problem("store.path", "must not be empty".to_owned());
     }
 
-    let url = raw.amqp.url;
+    let url = match (raw.amqp.url, &raw.amqp.url_env) {
+        (Some(url), None) => url,
+        (None, Some(var)) => env(var).unwrap_or_else(|| {
+            problem(
+                "amqp.url_env",
+                format!("environment variable {var} is not set"),
+            );
+            "amqp://unset".to_owned()
+        }),
+        (Some(_), Some(_)) => {
+            problem("amqp.url", "set either url or url_env, not both".to_owned());
+            String::new()
+        }
+        (None, None) => {
+            problem(
+                "amqp.url",
+                "set url, or url_env to read it from the environment".to_owned(),
+            );
+            "amqp://unset".to_owned()
+        }
+    };
     if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-        problem("amqp.url", "must start with amqp:// or amqps://".to_owned());
+        problem(
+            "amqp.url",
+            "must start with amqp:// or amqps:// (value not shown)".to_owned(),
+        );
+    }
+    if raw.amqp.client_cert_path.is_some() != raw.amqp.client_key_path.is_some() {
+        problem(
+            "amqp.client_cert_path",
+            "set client_cert_path and client_key_path together".to_owned(),
+        );
     }
     if raw.amqp.exchange.is_empty() || raw.amqp.exchange.len() > AMQP_SHORT_STRING {
         problem(
@@ -640,6 +688,11 @@ fn validate(
             request_timeout: ms(request_timeout_ms),
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
             shutdown_grace: ms(shutdown_grace_ms),
+            tls: raw.server.tls.map(|t| crate::tls::TlsSettings {
+                cert_path: t.cert_path,
+                key_path: t.key_path,
+                client_ca_path: t.client_ca_path,
+            }),
         },
         store: StoreConfig {
             path: raw.store.path,
@@ -650,6 +703,9 @@ fn validate(
         },
         amqp: AmqpConfig {
             url: AmqpUrl(url),
+            ca_path: raw.amqp.ca_path,
+            client_cert_path: raw.amqp.client_cert_path,
+            client_key_path: raw.amqp.client_key_path,
             exchange: raw.amqp.exchange,
             routing_key,
             max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
@@ -716,23 +772,35 @@ fn endpoint_secrets(
     key: &dyn Fn(&str) -> String,
     problem: &mut dyn FnMut(&str, String),
 ) -> Vec<Secret> {
-    let values: Vec<String> = match (&e.secrets, &e.secrets_env) {
-        (Some(_), Some(_)) => {
-            problem(
-                &key("secrets"),
-                "set either secrets or secrets_env, not both".to_owned(),
-            );
-            return Vec::new();
-        }
-        (None, None) => {
-            problem(
-                &key("secrets"),
-                "set secrets (inline) or secrets_env (environment variable)".to_owned(),
-            );
-            return Vec::new();
-        }
-        (Some(inline), None) => inline.clone(),
-        (None, Some(var)) => match env(var) {
+    let sources = usize::from(e.secrets.is_some())
+        + usize::from(e.secrets_env.is_some())
+        + usize::from(e.secrets_file.is_some());
+    if sources != 1 {
+        problem(
+            &key("secrets"),
+            "set exactly one of secrets (inline), secrets_env (environment variable) or secrets_file".to_owned(),
+        );
+        return Vec::new();
+    }
+    let values: Vec<String> = match (&e.secrets, &e.secrets_env, &e.secrets_file) {
+        (Some(inline), _, _) => inline.clone(),
+        // One secret per line; blank lines and # comments skipped. Re-read on SIGHUP.
+        (_, _, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect(),
+            Err(err) => {
+                problem(
+                    &key("secrets_file"),
+                    format!("cannot read {}: {}", path.display(), err.kind()),
+                );
+                return Vec::new();
+            }
+        },
+        (_, Some(var), _) => match env(var) {
             Some(list) => list
                 .split(',')
                 .map(|s| s.trim().to_owned())
@@ -746,6 +814,7 @@ fn endpoint_secrets(
                 return Vec::new();
             }
         },
+        (None, None, None) => unreachable!("exactly one source is set, checked above"),
     };
     if values.is_empty() {
         problem(

@@ -89,6 +89,8 @@ enum PublishError {
     Broker(#[from] lapin::Error),
     #[error("the broker did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("broker TLS: {0}")]
+    Tls(String),
     #[error("the connection is no longer usable")]
     ConnectionLost,
     #[error(transparent)]
@@ -201,7 +203,18 @@ impl Publisher {
         let setup = async {
             let properties =
                 ConnectionProperties::default().with_connection_name("gate-relay".into());
-            let connection = Connection::connect(self.config.url.expose(), properties).await?;
+            let connection = if self.config.url.expose().starts_with("amqps://") {
+                let tls = self.tls_config()?;
+                Connection::connect_with_config(
+                    self.config.url.expose(),
+                    properties,
+                    tls,
+                    lapin::runtime::default_runtime()?,
+                )
+                .await?
+            } else {
+                Connection::connect(self.config.url.expose(), properties).await?
+            };
             let channel = connection.create_channel().await?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
@@ -222,6 +235,34 @@ impl Publisher {
         tokio::time::timeout(timeout, setup)
             .await
             .map_err(|_| PublishError::Timeout(timeout))?
+    }
+
+    /// For `amqps://`: extra CA certificates (added to the platform's roots) and an optional
+    /// client certificate. Read at every connect, so renewed files are picked up.
+    fn tls_config(&self) -> Result<lapin::tcp::OwnedTLSConfig, PublishError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| {
+                PublishError::Tls(format!("cannot read {}: {}", path.display(), e.kind()))
+            })
+        };
+        let cert_chain =
+            match &self.config.ca_path {
+                Some(path) => Some(String::from_utf8(read(path)?).map_err(|_| {
+                    PublishError::Tls(format!("{} is not PEM text", path.display()))
+                })?),
+                None => None,
+            };
+        let identity = match (&self.config.client_cert_path, &self.config.client_key_path) {
+            (Some(cert), Some(key)) => Some(lapin::tcp::OwnedIdentity::PKCS8 {
+                pem: read(cert)?,
+                key: read(key)?,
+            }),
+            _ => None,
+        };
+        Ok(lapin::tcp::OwnedTLSConfig {
+            identity,
+            cert_chain,
+        })
     }
 
     /// Returns `Ok` on shutdown, `Err` when the connection must be replaced.

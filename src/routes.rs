@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -66,7 +67,8 @@ impl Outcome {
 
 #[derive(Debug)]
 pub struct Routes {
-    endpoints: HashMap<String, Endpoint>,
+    /// By path; swapped whole on reload (SIGHUP), so a request sees one consistent set.
+    endpoints: ArcSwap<HashMap<String, Endpoint>>,
     ingest: Ingest,
     metrics: Metrics,
     max_body_bytes: usize,
@@ -129,10 +131,7 @@ impl Routes {
         retry_after_secs: u64,
     ) -> Arc<Self> {
         Arc::new(Self {
-            endpoints: endpoints
-                .iter()
-                .map(|e| (e.path.clone(), e.clone()))
-                .collect(),
+            endpoints: ArcSwap::from_pointee(by_path(endpoints)),
             ingest,
             metrics,
             max_body_bytes,
@@ -142,10 +141,16 @@ impl Routes {
         })
     }
 
+    /// Replaces the endpoints (paths, secrets, tolerances); requests in flight keep the old set.
+    pub fn replace_endpoints(&self, endpoints: &[Endpoint]) {
+        self.endpoints.store(Arc::new(by_path(endpoints)));
+    }
+
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let request_id = self.request_ids.take(req.headers());
-        let endpoint = self.endpoints.get(req.uri().path());
+        let endpoints = self.endpoints.load_full();
+        let endpoint = endpoints.get(req.uri().path());
         let endpoint_label = endpoint.map_or("unknown", |e| e.name.as_str());
         let answer = match endpoint {
             None => self.simple(Outcome::NotFound),
@@ -313,6 +318,13 @@ impl Routes {
         }
         response
     }
+}
+
+fn by_path(endpoints: &[Endpoint]) -> HashMap<String, Endpoint> {
+    endpoints
+        .iter()
+        .map(|e| (e.path.clone(), e.clone()))
+        .collect()
 }
 
 fn outcome_of(error: &IngestError) -> Outcome {

@@ -3,7 +3,9 @@
 //! Owns: the connection bound (a semaphore permit per open connection, taken before `accept`, so
 //! excess clients wait in the kernel backlog), the header-read timeout (hyper ignores it unless a
 //! timer is set, so one is), and graceful shutdown: stop accepting, let open connections finish
-//! within the grace period, then close what is left. Does not own: what a request means (`routes`).
+//! within the grace period, then close what is left. With TLS, the handshake runs in the
+//! connection's own task under the same timeout as the headers. Does not own: what a request
+//! means (`routes`) or certificates (`tls`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,6 +24,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// What the listener is allowed to hold open.
@@ -36,6 +39,7 @@ pub struct Limits {
 /// period. Used for both the webhook and the admin listener.
 pub async fn serve<H, F>(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     handler: H,
     limits: Limits,
     shutdown: CancellationToken,
@@ -78,12 +82,37 @@ pub async fn serve<H, F>(
             let response = handler(req);
             async move { Ok::<_, Infallible>(response.await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        let handshake_timeout = limits.header_read_timeout;
         connections.spawn(async move {
-            if let Err(e) = connection.await {
+            let served =
+                match tls {
+                    None => {
+                        let connection = builder.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(connection.into_owned()).await
+                    }
+                    Some(acceptor) => {
+                        // A client that never finishes its handshake is held no longer than one
+                        // that never finishes its headers.
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "tls handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "tls handshake timed out");
+                                    return;
+                                }
+                            };
+                        let connection = builder.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(connection.into_owned()).await
+                    }
+                };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);

@@ -94,6 +94,10 @@ pub struct Options {
     pub wait_for_broker: bool,
     /// Bearer token the admin API requires (read from `ADMIN_TOKEN`).
     pub admin_token: Option<String>,
+    /// `[server.tls]` certificate and key files.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Read the endpoint's secrets from this file instead of inline.
+    pub secrets_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -108,6 +112,8 @@ impl Default for Options {
             extra_queue_args: Vec::new(),
             wait_for_broker: true,
             admin_token: None,
+            tls: None,
+            secrets_file: None,
         }
     }
 }
@@ -265,6 +271,7 @@ listen = "{listen}"
 max_body_bytes = {max_body}
 header_read_timeout_ms = {header_timeout}
 shutdown_grace_ms = 5000
+{tls}
 [admin]
 listen = "{admin}"
 {token}
@@ -288,7 +295,7 @@ level = "info"
 name = "test"
 path = "{PATH}"
 environment = "test"
-secrets = ["{SECRET}", "{OLD_SECRET}"]
+{secrets}
 tolerance_secs = 300
 "#,
         max_body = options.max_body_bytes,
@@ -298,6 +305,17 @@ tolerance_secs = 300
         url = options.amqp_url,
         ack = options.ack,
         confirm_timeout = options.confirm_timeout_ms,
+        tls = options.tls.as_ref().map_or(String::new(), |(cert, key)| {
+            format!(
+                "[server.tls]\ncert_path = \"{}\"\nkey_path = \"{}\"",
+                cert.display(),
+                key.display()
+            )
+        }),
+        secrets = options.secrets_file.as_ref().map_or_else(
+            || format!("secrets = [\"{SECRET}\", \"{OLD_SECRET}\"]"),
+            |path| format!("secrets_file = \"{}\"", path.display())
+        ),
         token = if options.admin_token.is_some() {
             "token_env = \"ADMIN_TOKEN\""
         } else {
@@ -559,5 +577,16 @@ impl BrokerProxy {
 impl Drop for BrokerProxy {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A child process killed when dropped, so a failing test never leaves a relay running (it
+/// would hold the test harness's output pipe open).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

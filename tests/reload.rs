@@ -1,0 +1,200 @@
+//! TLS on the webhook listener and SIGHUP reloads, through the relay itself.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use support::{
+    Options, PATH, SECRET, TestApp, Topology, config_text, event_body, now, sign, unique,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A self-signed certificate for `localhost`, written as PEM files.
+fn certificate(
+    dir: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    CertificateDer<'static>,
+) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    let der = CertificateDer::from_pem_slice(certified.cert.pem().as_bytes()).expect("der");
+    (cert, key, der)
+}
+
+#[tokio::test]
+async fn a_tls_client_completes_a_signed_delivery_and_plaintext_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, der) = certificate(dir.path());
+    let mut app = TestApp::spawn(
+        "tls",
+        Options {
+            tls: Some((cert, key)),
+            ..Options::default()
+        },
+    )
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let tls = connector
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("handshake");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("http");
+    let driver = tokio::spawn(connection);
+    let id = unique("evt");
+    let body = event_body(&id, "gate_session.completed");
+    let request = http::Request::post(PATH)
+        .header("host", "localhost")
+        .header("Gate-Signature", sign(SECRET, now(), body.as_bytes()))
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let response = tokio::time::timeout(support::WAIT, sender.send_request(request))
+        .await
+        .expect("in time")
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let _ = response.into_body().collect().await;
+    drop(sender);
+    let _ = driver.await;
+    app.outbox_drained().await;
+    assert_eq!(app.topology.queue_len().await, 1);
+
+    // Plain HTTP to the TLS port: no HTTP answer, and the relay keeps serving.
+    let mut plain = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    plain
+        .write_all(
+            format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(support::WAIT, plain.read_to_end(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(
+        !buf.starts_with(b"HTTP/1.1 2"),
+        "plaintext got an HTTP success"
+    );
+    app.stop().await;
+    app.topology.delete().await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_secrets_from_the_secrets_file_without_a_restart() {
+    let topology = Topology::declare("reload", &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secrets = dir.path().join("secrets");
+    std::fs::write(&secrets, format!("{SECRET}\n")).expect("write secrets");
+    let options = Options {
+        ack: "durable",
+        secrets_file: Some(secrets.clone()),
+        ..Options::default()
+    };
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            &options,
+            &topology.exchange,
+            &dir.path().join("data"),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+        ),
+    )
+    .expect("write config");
+    let mut child = support::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_gate-relay"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx.recv_timeout(support::WAIT).expect("relay logs");
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            if v["message"] == "listening" {
+                break v["addr"].as_str().expect("addr").to_owned();
+            }
+        }
+    };
+    let url = format!("http://{addr}{PATH}");
+    let client = support::http_client();
+    let rotated = "whsec_test_rotated_0123456789abcdef";
+    let post = |secret: &'static str| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let body = event_body(&unique("evt"), "webhook.test");
+            let sig = sign(secret, now(), body.as_bytes());
+            support::post(&client, &url, Bytes::from(body), Some(&sig))
+                .await
+                .status
+        }
+    };
+    assert_eq!(post(rotated).await, 401, "not configured yet");
+
+    std::fs::write(&secrets, format!("{rotated}\n")).expect("rotate");
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    // The reload is acknowledged in the log; after it the new secret verifies, the old does not.
+    loop {
+        let line = rx
+            .recv_timeout(support::WAIT)
+            .expect("relay logs the reload");
+        if line.contains("endpoints and secrets reloaded") {
+            break;
+        }
+    }
+    assert_eq!(post(rotated).await, 200);
+    assert_eq!(post(SECRET).await, 401);
+    assert!(
+        child.0.try_wait().expect("status").is_none(),
+        "SIGHUP must not stop the relay"
+    );
+
+    let term = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    assert!(child.0.wait().expect("exit").success());
+    topology.delete().await;
+}
