@@ -1,0 +1,107 @@
+//! What the real binary writes to its log: one line per request with the trace fields, and
+//! never a secret, the broker password or a body.
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+use bytes::Bytes;
+use support::{OLD_SECRET, Options, PATH, SECRET, Topology, config_text, now, sign, unique};
+
+#[tokio::test]
+async fn a_run_with_failures_logs_one_line_per_request_and_no_secret() {
+    let topology = Topology::declare("logs", &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    let options = Options {
+        ack: "durable",
+        ..Options::default()
+    };
+    std::fs::write(
+        &config,
+        config_text(
+            &options,
+            &topology.exchange,
+            &dir.path().join("data"),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+        ),
+    )
+    .expect("write config");
+    let log_path = dir.path().join("relay.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = support::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_gate-relay"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::from(log.try_clone().expect("dup")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn"),
+    );
+    let addr = {
+        let path = log_path.clone();
+        let mut found = None;
+        support::eventually("the relay logs its address", || {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            found = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find_map(|v| {
+                    (v["message"] == "listening")
+                        .then(|| v["addr"].as_str().expect("addr").to_owned())
+                });
+            found.is_some()
+        })
+        .await;
+        found.expect("address")
+    };
+    let url = format!("http://{addr}{PATH}");
+    let client = support::http_client();
+    let marker = "PII_MARKER_never_in_logs";
+    let body = format!(
+        r#"{{"id":"{}","type":"a.b","data":{{"user_reference":"{marker}"}}}}"#,
+        unique("evt")
+    );
+    let t = now();
+    let cases: Vec<(Option<String>, u16)> = vec![
+        (Some(sign(SECRET, t, body.as_bytes())), 200),
+        (
+            Some(sign("whsec_wrong_0123456789abcdef", t, body.as_bytes())),
+            401,
+        ),
+        (Some(sign(OLD_SECRET, t - 1000, body.as_bytes())), 401),
+        (Some("t=abc".to_owned()), 400),
+        (None, 400),
+    ];
+    for (sig, status) in &cases {
+        let reply = support::post(&client, &url, Bytes::from(body.clone()), sig.as_deref()).await;
+        assert_eq!(reply.status, *status);
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    assert!(child.0.wait().expect("exit").success());
+
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    for secret in [SECRET, OLD_SECRET, "guest:guest", marker] {
+        assert!(!text.contains(secret), "{secret:?} appears in the log");
+    }
+    let requests: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "request")
+        .collect();
+    assert_eq!(requests.len(), cases.len(), "one line per request");
+    for line in &requests {
+        for field in ["request_id", "endpoint", "outcome", "status", "latency_ms"] {
+            assert!(line.get(field).is_some(), "{field} missing from {line}");
+        }
+    }
+    assert_eq!(requests[0]["outcome"], "accepted");
+    assert_eq!(requests[1]["outcome"], "invalid_signature");
+    assert_eq!(requests[2]["outcome"], "stale_timestamp");
+    topology.delete().await;
+}
