@@ -474,31 +474,26 @@ impl Publisher {
                         .observe(c.elapsed.as_secs_f64());
                     acked.push((c.seq, c.key));
                 }
-                PublishResult::Nack | PublishResult::Returned => {
+                failed => {
+                    // A refusal (nack, returned) is retried after a backoff on this connection;
+                    // an unknown outcome (error, timeout) replaces the connection.
+                    let refused = matches!(failed, PublishResult::Nack | PublishResult::Returned);
                     tracing::warn!(
                         event_id = c.event_id,
-                        result = c.result.label(),
-                        "broker refused the event; will retry"
+                        result = failed.label(),
+                        refused,
+                        "event not confirmed; will publish again"
                     );
                     self.status.record_error(format!(
                         "{} for event {}",
-                        c.result.label(),
+                        failed.label(),
                         c.event_id
                     ));
-                    failures.refused = true;
-                }
-                PublishResult::Error | PublishResult::Timeout => {
-                    tracing::warn!(
-                        event_id = c.event_id,
-                        result = c.result.label(),
-                        "publish outcome unknown; will publish again"
-                    );
-                    self.status.record_error(format!(
-                        "{} for event {}",
-                        c.result.label(),
-                        c.event_id
-                    ));
-                    failures.broken = true;
+                    if refused {
+                        failures.refused = true;
+                    } else {
+                        failures.broken = true;
+                    }
                 }
             }
         }

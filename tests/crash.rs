@@ -3,67 +3,20 @@
 mod support;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{Options, PATH, SECRET, Topology, config_text, event_body, now, sign, unique};
+use support::{
+    Options, PATH, RelayProcess, SECRET, Topology, config_text, event_body, now, sign, unique,
+};
 
 /// Distinct events each client keeps sending until told to stop.
 const CLIENTS: usize = 16;
 /// How many 2xx answers to collect before pulling the plug: enough that requests are in flight
 /// in every stage (reading, flushing, confirming) when the signal lands.
 const ACKED_BEFORE_SIGNAL: usize = 300;
-
-struct Relay {
-    child: Child,
-    addr: SocketAddr,
-}
-
-/// A failing test must not leave a relay running (it would hold the test's output pipe open).
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the binary and waits for its `listening` log line, which carries the bound address.
-fn start_relay(config: &std::path::Path) -> Relay {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gate-relay"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn gate-relay");
-    let stdout = child.stdout.take().expect("stdout piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Reads to the end so the relay never blocks on a full pipe; ends when the relay exits.
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["message"] == "listening" {
-                        let _ = tx.send(v["addr"].as_str().expect("addr field").to_owned());
-                        sent = true;
-                    }
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(support::WAIT)
-        .expect("gate-relay logged `listening`");
-    Relay {
-        child,
-        addr: addr.parse().expect("socket address"),
-    }
-}
 
 /// Sends distinct signed events from CLIENTS tasks until `stop`; returns the ids that got a 2xx.
 async fn load(
@@ -148,28 +101,23 @@ async fn crash_and_restart(ack: &'static str, kill: bool) {
     )
     .expect("write config");
 
-    let mut relay = start_relay(&config);
+    let mut relay = RelayProcess::start(&config);
     let stop = tokio_util::sync::CancellationToken::new();
     let acked = load(relay.addr, stop.clone()).await;
     wait_for_acks(&acked, ACKED_BEFORE_SIGNAL).await;
     if kill {
-        relay.child.kill().expect("SIGKILL");
-        relay.child.wait().expect("reaped");
+        relay.child.0.kill().expect("SIGKILL");
+        relay.child.0.wait().expect("reaped");
     } else {
-        let pid = relay.child.id().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-        let exit = relay.child.wait().expect("reaped");
+        relay.signal("TERM");
+        let exit = relay.child.0.wait().expect("reaped");
         assert!(exit.success(), "graceful shutdown must exit 0, got {exit}");
     }
     stop.cancel();
     let acked = acked.lock().expect("lock").clone();
 
     // Restart on the same store: whatever was pending is published again.
-    let relay = start_relay(&config);
+    let relay = RelayProcess::start(&config);
     assert_all_delivered(&topology, &acked).await;
     drop(relay);
     topology.delete().await;

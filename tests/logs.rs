@@ -3,10 +3,10 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
-
 use bytes::Bytes;
-use support::{OLD_SECRET, Options, PATH, SECRET, Topology, config_text, now, sign, unique};
+use support::{
+    OLD_SECRET, Options, PATH, RelayProcess, SECRET, Topology, config_text, now, sign, unique,
+};
 
 #[tokio::test]
 async fn a_run_with_failures_logs_one_line_per_request_and_no_secret() {
@@ -28,34 +28,8 @@ async fn a_run_with_failures_logs_one_line_per_request_and_no_secret() {
         ),
     )
     .expect("write config");
-    let log_path = dir.path().join("relay.log");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = support::KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_gate-relay"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::from(log.try_clone().expect("dup")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn"),
-    );
-    let addr = {
-        let path = log_path.clone();
-        let mut found = None;
-        support::eventually("the relay logs its address", || {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            found = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find_map(|v| {
-                    (v["message"] == "listening")
-                        .then(|| v["addr"].as_str().expect("addr").to_owned())
-                });
-            found.is_some()
-        })
-        .await;
-        found.expect("address")
-    };
+    let mut relay = RelayProcess::start(&config);
+    let addr = relay.addr;
     let url = format!("http://{addr}{PATH}");
     let client = support::http_client();
     let marker = "PII_MARKER_never_in_logs";
@@ -78,14 +52,11 @@ async fn a_run_with_failures_logs_one_line_per_request_and_no_secret() {
         let reply = support::post(&client, &url, Bytes::from(body.clone()), sig.as_deref()).await;
         assert_eq!(reply.status, *status);
     }
-    let term = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(term.success());
-    assert!(child.0.wait().expect("exit").success());
+    relay.signal("TERM");
+    assert!(relay.child.0.wait().expect("exit").success());
 
-    let text = std::fs::read_to_string(&log_path).expect("log");
+    // Everything the relay wrote after `listening`, stdout and stderr; the readers end at EOF.
+    let text: String = relay.lines.iter().map(|line| line + "\n").collect();
     for secret in [SECRET, OLD_SECRET, "guest:guest", marker] {
         assert!(!text.contains(secret), "{secret:?} appears in the log");
     }

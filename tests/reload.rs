@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,7 +10,8 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use support::{
-    Options, PATH, SECRET, TestApp, Topology, config_text, event_body, now, sign, unique,
+    Options, PATH, RelayProcess, SECRET, TestApp, Topology, config_text, event_body, now, sign,
+    unique,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -130,29 +129,8 @@ async fn sighup_reloads_secrets_from_the_secrets_file_without_a_restart() {
         ),
     )
     .expect("write config");
-    let mut child = support::KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_gate-relay"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn"),
-    );
-    let stdout = child.0.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx.recv_timeout(support::WAIT).expect("relay logs");
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-            if v["message"] == "listening" {
-                break v["addr"].as_str().expect("addr").to_owned();
-            }
-        }
-    };
+    let relay = RelayProcess::start(&config);
+    let addr = relay.addr;
     let url = format!("http://{addr}{PATH}");
     let client = support::http_client();
     let rotated = "whsec_test_rotated_0123456789abcdef";
@@ -169,32 +147,17 @@ async fn sighup_reloads_secrets_from_the_secrets_file_without_a_restart() {
     assert_eq!(post(rotated).await, 401, "not configured yet");
 
     std::fs::write(&secrets, format!("{rotated}\n")).expect("rotate");
-    let hup = Command::new("kill")
-        .args(["-HUP", &child.0.id().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(hup.success());
+    relay.signal("HUP");
     // The reload is acknowledged in the log; after it the new secret verifies, the old does not.
-    loop {
-        let line = rx
-            .recv_timeout(support::WAIT)
-            .expect("relay logs the reload");
-        if line.contains("endpoints and secrets reloaded") {
-            break;
-        }
-    }
+    relay.wait_for_line("endpoints and secrets reloaded");
     assert_eq!(post(rotated).await, 200);
     assert_eq!(post(SECRET).await, 401);
+    let mut relay = relay;
     assert!(
-        child.0.try_wait().expect("status").is_none(),
+        relay.child.0.try_wait().expect("status").is_none(),
         "SIGHUP must not stop the relay"
     );
-
-    let term = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(term.success());
-    assert!(child.0.wait().expect("exit").success());
+    relay.signal("TERM");
+    assert!(relay.child.0.wait().expect("exit").success());
     topology.delete().await;
 }

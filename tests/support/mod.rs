@@ -580,6 +580,89 @@ impl Drop for BrokerProxy {
     }
 }
 
+/// The real binary, started on a config file, with its log lines as they come.
+pub struct RelayProcess {
+    pub child: KillOnDrop,
+    pub addr: SocketAddr,
+    /// Every stdout line after `listening`, in order, until the relay exits.
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl RelayProcess {
+    /// Starts `gate-relay serve` and waits for its `listening` log line, which carries the
+    /// bound address (the config listens on port 0).
+    pub fn start(config: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = KillOnDrop(
+            std::process::Command::new(env!("CARGO_BIN_EXE_gate-relay"))
+                .args(["serve", "--config"])
+                .arg(config)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn gate-relay"),
+        );
+        let (tx, lines) = std::sync::mpsc::channel();
+        // Both streams are read to the end so the relay never blocks on a full pipe.
+        let stderr = child.0.stderr.take().expect("stderr piped");
+        let err_tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = err_tx.send(line);
+            }
+        });
+        let stdout = child.0.stdout.take().expect("stdout piped");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let addr = loop {
+            let line = lines
+                .recv_timeout(WAIT)
+                .expect("gate-relay logged `listening`");
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["message"] == "listening" {
+                    break v["addr"]
+                        .as_str()
+                        .expect("addr field")
+                        .parse()
+                        .expect("socket address");
+                }
+            }
+        };
+        Self { child, addr, lines }
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.child.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the next log line containing `text`; returns it.
+    pub fn wait_for_line(&self, text: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(WAIT)
+                .unwrap_or_else(|_| panic!("no log line with {text:?}"));
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+}
+
 /// A child process killed when dropped, so a failing test never leaves a relay running (it
 /// would hold the test harness's output pipe open).
 pub struct KillOnDrop(pub std::process::Child);
