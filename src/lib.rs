@@ -4,9 +4,10 @@
 //! Layers, each using only those above it in this list: pure (`config`, `signature`, `event`) →
 //! adapters (`store` = sled, `publisher` = RabbitMQ, `confirmations`, `metrics`, `telemetry`,
 //! `tls`) → the use case (`ingest`) → transport (`server`, `routes`, `admin`) → wiring (`app`) →
-//! `cli`.
+//! entry (`admin_client`, the operator's HTTP clients; `cli`).
 
 pub mod admin;
+pub mod admin_client;
 pub mod app;
 pub mod cli;
 pub mod config;
