@@ -144,6 +144,7 @@ struct RawAmqp {
     client_key_path: Option<PathBuf>,
     exchange: String,
     routing_key: Option<String>,
+    declare_queue: Option<String>,
     max_in_flight: Option<u64>,
     connect_timeout_ms: Option<u64>,
     publish_confirm_timeout_ms: Option<u64>,
@@ -243,6 +244,9 @@ pub struct AmqpConfig {
     pub client_key_path: Option<PathBuf>,
     pub exchange: String,
     pub routing_key: RoutingKeyTemplate,
+    /// For development and quick starts: a durable queue the relay declares and binds to every
+    /// routing key (`#`), so events have somewhere to go. Production topologies declare their own.
+    pub declare_queue: Option<String>,
     pub max_in_flight: usize,
     pub connect_timeout: Duration,
     /// How long the publisher waits for one confirm before treating the channel as broken.
@@ -593,6 +597,17 @@ fn validate(
             "set client_cert_path and client_key_path together".to_owned(),
         );
     }
+    if raw
+        .amqp
+        .declare_queue
+        .as_ref()
+        .is_some_and(|q| q.is_empty() || q.len() > AMQP_SHORT_STRING || q.starts_with("amq."))
+    {
+        problem(
+            "amqp.declare_queue",
+            format!("must be 1..={AMQP_SHORT_STRING} bytes, not starting with amq."),
+        );
+    }
     if raw.amqp.exchange.is_empty() || raw.amqp.exchange.len() > AMQP_SHORT_STRING {
         problem(
             "amqp.exchange",
@@ -707,6 +722,7 @@ fn validate(
             client_cert_path: raw.amqp.client_cert_path,
             client_key_path: raw.amqp.client_key_path,
             exchange: raw.amqp.exchange,
+            declare_queue: raw.amqp.declare_queue,
             routing_key,
             max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
             connect_timeout: ms(connect_timeout_ms),

@@ -230,6 +230,24 @@ impl Publisher {
                     FieldTable::default(),
                 )
                 .await?;
+            if let Some(queue) = &self.config.declare_queue {
+                let options = lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                };
+                channel
+                    .queue_declare(queue.as_str().into(), options, FieldTable::default())
+                    .await?;
+                channel
+                    .queue_bind(
+                        queue.as_str().into(),
+                        self.config.exchange.as_str().into(),
+                        "#".into(),
+                        lapin::options::QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
             Ok::<_, PublishError>((connection, channel))
         };
         tokio::time::timeout(timeout, setup)
