@@ -208,6 +208,8 @@ if [ -n "$bin" ]; then
   for config in deploy/compose/config.toml "$work/k8s-config.toml"; do
     GATE_RELAY_LIVE_SECRETS=whsec_live_check_0123456789 \
       GATE_RELAY_TEST_SECRETS=whsec_test_check_0123456789 \
+      GATE_RELAY_ADMIN_TOKEN=check-admin-token-0123456789 \
+      GATE_RELAY_AMQP_URL=amqp://check:check@localhost:5672/%2f \
       "$bin" check-config --config "$config" || fail "$config is not a valid relay config"
   done
 else
