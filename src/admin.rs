@@ -266,6 +266,9 @@ impl Admin {
 
     async fn replay(&self, raw_id: &str, query: &[(String, String)]) -> Result<Answer, ApiError> {
         let key = self.key(raw_id, query)?;
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "draining"));
+        }
         let outcome = self.store.replay(&key).await.map_err(|e| {
             tracing::error!(error = %e, "replay failed");
             fail(StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -288,12 +291,13 @@ impl Admin {
     fn readiness(&self) -> Response<Full<Bytes>> {
         let broker = self.broker.is_connected();
         let outbox_below_bound = !self.store.outbox_full();
+        let store_writable = self.store.is_writable();
         let draining = self.draining.load(Ordering::SeqCst);
-        let ready = broker && outbox_below_bound && !draining;
+        let ready = broker && outbox_below_bound && store_writable && !draining;
         let body = serde_json::json!({
             "ready": ready,
             "checks": {
-                "store_open": true,
+                "store_writable": store_writable,
                 "broker_connected": broker,
                 "outbox_below_bound": outbox_below_bound,
                 "draining": draining,

@@ -54,11 +54,13 @@ impl AmqpUrl {
         let Some((scheme, rest)) = self.0.split_once("://") else {
             return "<unparsable amqp url>".to_owned();
         };
-        let Some((userinfo, host)) = rest.split_once('@') else {
+        // The authority ends at the first '/'; its userinfo at the last '@' (a password may hold '@').
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let Some((userinfo, host)) = authority.rsplit_once('@') else {
             return self.0.clone();
         };
         let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-        format!("{scheme}://{user}:***@{host}")
+        format!("{scheme}://{user}:***@{host}{path}")
     }
 }
 
@@ -949,6 +951,8 @@ mod tests {
         assert!(!debug.contains("whsec_live"), "{debug}");
         assert!(!debug.contains("guest:guest"), "{debug}");
         assert_eq!(c.amqp.url.redacted(), "amqp://guest:***@127.0.0.1:5672/%2f");
+        let at = AmqpUrl("amqp://relay:p@ss@broker:5672/%2f".to_owned());
+        assert_eq!(at.redacted(), "amqp://relay:***@broker:5672/%2f");
     }
 
     #[test]

@@ -62,6 +62,11 @@ impl Confirmations {
 }
 
 impl ConfirmWatch {
+    /// True when the confirm has already arrived.
+    pub fn is_confirmed(&mut self) -> bool {
+        self.rx.try_recv().is_ok()
+    }
+
     /// Resolves once the event is confirmed.
     pub async fn confirmed(&mut self) {
         // The sender is only dropped by `confirmed()` after sending, or by our own Drop.

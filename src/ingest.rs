@@ -202,6 +202,9 @@ impl Ingest {
         }
         // Waiting while the broker is known to be away would only hold the connection: the
         // event is stored and will be published; 0Gate's retry will find it.
+        if watch.is_confirmed() {
+            return Ok(duplicate);
+        }
         if !self.broker.is_connected() {
             return Err(IngestError::BrokerUnavailable);
         }

@@ -516,12 +516,16 @@ impl Publisher {
             }
         }
         failures.acked = !acked.is_empty();
-        if let Err(e) = self.store.mark_published(&acked) {
-            // The broker has them, so waiters may be told; they stay pending and are sent again.
-            tracing::error!(error = %e, "marking events published failed; they will be published again");
-        }
+        let marked = self.store.mark_published(&acked);
+        // The broker has them whatever the store said, so their waiters may be told.
         for (_, key) in &acked {
             self.confirmations.confirmed(key);
+        }
+        if let Err(e) = marked {
+            // They stay pending; replacing the connection rewinds the cursor so they are sent
+            // again (duplicates with the same message_id) and marked then.
+            tracing::error!(error = %e, "marking events published failed; publishing them again");
+            return Err(e.into());
         }
         Ok(failures)
     }

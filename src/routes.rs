@@ -155,20 +155,7 @@ impl Routes {
         let answer = match endpoint {
             None => self.simple(Outcome::NotFound),
             Some(_) if req.method() != Method::POST => self.simple(Outcome::MethodNotAllowed),
-            Some(endpoint) => {
-                match tokio::time::timeout(
-                    self.request_timeout,
-                    self.deliver(endpoint, req, &request_id),
-                )
-                .await
-                {
-                    Ok(answer) => answer,
-                    Err(_) => Answer {
-                        detail: Some("request deadline passed".to_owned()),
-                        ..self.simple(Outcome::RequestTimeout)
-                    },
-                }
-            }
+            Some(endpoint) => self.deliver(endpoint, req, &request_id).await,
         };
         let response = self.respond(&answer, &request_id);
         let latency = started.elapsed();
@@ -230,10 +217,21 @@ impl Routes {
             };
         }
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, self.max_body_bytes).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<LengthLimitError>() => return self.simple(Outcome::TooLarge),
-            Err(e) => {
+        // The deadline splits by whose fault it is: a slow body is the client's (408); slow
+        // storage or a slow broker is ours (503, retry later).
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let read =
+            tokio::time::timeout_at(deadline, Limited::new(body, self.max_body_bytes).collect());
+        let body = match read.await {
+            Err(_) => {
+                return Answer {
+                    detail: Some("the body did not arrive before the request deadline".to_owned()),
+                    ..self.simple(Outcome::RequestTimeout)
+                };
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => return self.simple(Outcome::TooLarge),
+            Ok(Err(e)) => {
                 return Answer {
                     detail: Some(format!("reading the body failed: {e}")),
                     ..self.simple(Outcome::InvalidBody)
@@ -262,7 +260,16 @@ impl Routes {
             request_id,
             received_at,
         };
-        match self.ingest.deliver(delivery).await {
+        let Ok(delivered) = tokio::time::timeout_at(deadline, self.ingest.deliver(delivery)).await
+        else {
+            return Answer {
+                detail: Some(
+                    "storing or confirming did not finish before the request deadline".to_owned(),
+                ),
+                ..self.simple(Outcome::Unavailable)
+            };
+        };
+        match delivered {
             Ok(accepted) => Answer {
                 outcome: if accepted.duplicate {
                     Outcome::Duplicate

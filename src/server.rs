@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +27,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+
+/// 0Gate sends one delivery at a time per connection; a few streams leave room for a proxy.
+const H2_MAX_STREAMS: u32 = 8;
+/// An HTTP/2 peer that does not answer a ping within this is gone.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 /// What the listener is allowed to hold open.
 #[derive(Debug, Clone)]
@@ -54,7 +60,14 @@ pub async fn serve<H, F>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Bounds what one HTTP/2 connection can hold: streams (each buffering up to
+        // max_body_bytes) and how long a dead peer keeps its slot.
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .keep_alive_interval(Some(H2_KEEP_ALIVE))
+        .keep_alive_timeout(H2_KEEP_ALIVE);
     let mut connections = JoinSet::new();
 
     loop {
@@ -78,42 +91,53 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        // Set by the first request: until then the connection is on a deadline (see below).
+        let first_request = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&first_request);
         let service = service_fn(move |req| {
+            seen.store(true, Ordering::Relaxed);
             let response = handler(req);
             async move { Ok::<_, Infallible>(response.await) }
         });
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
-        let handshake_timeout = limits.header_read_timeout;
+        let first_request_timeout = limits.header_read_timeout;
         connections.spawn(async move {
-            let served =
+            let serve = async {
                 match tls {
                     None => {
                         let connection = builder.serve_connection(TokioIo::new(stream), service);
                         watcher.watch(connection.into_owned()).await
                     }
                     Some(acceptor) => {
-                        // A client that never finishes its handshake is held no longer than one
-                        // that never finishes its headers.
-                        let stream =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(stream)) => stream,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "tls handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "tls handshake timed out");
-                                    return;
-                                }
-                            };
+                        let stream = match acceptor.accept(stream).await {
+                            Ok(stream) => stream,
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "tls handshake failed");
+                                return Ok(());
+                            }
+                        };
                         let connection = builder.serve_connection(TokioIo::new(stream), service);
                         watcher.watch(connection.into_owned()).await
                     }
-                };
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            };
+            // hyper's header-read timeout starts only after the protocol is known, so a client
+            // that sends nothing (or a few bytes, or only a TLS handshake) would hold its
+            // connection slot forever. The TLS handshake and the first request's headers must
+            // both arrive within the header-read timeout.
+            let deadline = async {
+                tokio::time::sleep(first_request_timeout).await;
+                if first_request.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                served = serve => {
+                    if let Err(e) = served {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                () = deadline => tracing::debug!(%peer, "no request before the header-read timeout; closed"),
             }
             drop(permit);
         });

@@ -546,3 +546,30 @@ async fn many_concurrent_distinct_events_are_all_published() {
     app.stop().await;
     app.topology.delete().await;
 }
+
+#[tokio::test]
+async fn a_client_that_sends_nothing_or_a_few_bytes_is_cut_off() {
+    // hyper-util's protocol detection waits for 24 bytes with no timeout of its own.
+    let mut app = TestApp::spawn(
+        "idle",
+        Options {
+            header_read_timeout_ms: 300,
+            ..Options::default()
+        },
+    )
+    .await;
+    for first_bytes in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n"] {
+        let mut stream = tokio::net::TcpStream::connect(app.addr)
+            .await
+            .expect("connect");
+        stream.write_all(first_bytes).await.expect("write");
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(support::WAIT, stream.read_to_end(&mut buf)).await;
+        assert!(
+            closed.is_ok(),
+            "connection that sent {first_bytes:?} still open"
+        );
+    }
+    app.stop().await;
+    app.topology.delete().await;
+}

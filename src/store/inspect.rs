@@ -129,6 +129,8 @@ impl Store {
     /// it returns.
     pub async fn replay(&self, key: &EventKey) -> Result<Replay, StoreError> {
         let outbox_seq = self.db.generate_id()?;
+        // Reserve the largest possible count first (see admit): the body size is only known inside.
+        self.outbox_events.fetch_add(1, Ordering::SeqCst);
         let outcome =
             (&self.events, &self.outbox, &self.bodies).transaction(|(events, outbox, bodies)| {
                 let Some(raw) = events.get(&key.0)? else {
@@ -149,13 +151,15 @@ impl Store {
                 outbox.insert(&outbox_seq.to_be_bytes(), outbox_value(record.size, key))?;
                 Ok::<_, ConflictableTransactionError<()>>((Replay::Queued, record.size))
             });
+        if !matches!(outcome, Ok((Replay::Queued, _))) {
+            self.outbox_events.fetch_sub(1, Ordering::SeqCst);
+        }
         let (replay, size) = match outcome {
             Ok(done) => done,
             Err(TransactionError::Storage(e)) => return Err(e.into()),
             Err(TransactionError::Abort(())) => unreachable!("the replay transaction never aborts"),
         };
         if replay == Replay::Queued {
-            self.outbox_events.fetch_add(1, Ordering::SeqCst);
             self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
             self.lowest_admitted.fetch_min(outbox_seq, Ordering::SeqCst);
             self.outbox_grew.notify_one();

@@ -48,9 +48,6 @@ pub use inspect::{ListFilter, Listing, Pruned, Replay, Retention};
 /// 32 KiB chunks keep single values far below that.
 pub const BODY_CHUNK: usize = 32 * 1024;
 
-/// After a failed flush, wait this long before trying again rather than spinning on a bad disk.
-const FLUSH_RETRY: Duration = Duration::from_millis(100);
-
 /// Where an event is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -140,6 +137,12 @@ pub struct Pending {
     pub body: Bytes,
 }
 
+#[derive(Debug, Clone, Copy, Default)]
+struct FlushState {
+    generation: u64,
+    stopped: bool,
+}
+
 /// What one outbox read found.
 #[derive(Debug)]
 pub struct PendingBatch {
@@ -187,7 +190,10 @@ pub struct Store {
     /// Generation requested by the newest write; the flusher covers it on its next round.
     written: AtomicU64,
     wake_flusher: Notify,
-    flushed: watch::Sender<u64>,
+    /// Highest generation made durable, and whether the flusher has stopped for good (shut down,
+    /// or a failed flush: after a failed fsync the kernel may have dropped the dirty pages, so a
+    /// later fsync that succeeds proves nothing; only a restart, replaying sled's log, is safe).
+    flushed: watch::Sender<FlushState>,
     /// Blob files already fsynced, so each round syncs only new ones.
     synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
     /// Wakes the publisher when the outbox gains an event.
@@ -267,7 +273,7 @@ impl Store {
             events_stored: AtomicU64::new(0),
             written: AtomicU64::new(0),
             wake_flusher: Notify::new(),
-            flushed: watch::Sender::new(0),
+            flushed: watch::Sender::new(FlushState::default()),
             synced_blobs: Mutex::new(HashSet::new()),
             outbox_grew: Notify::new(),
             lowest_admitted: AtomicU64::new(u64::MAX),
@@ -297,6 +303,11 @@ impl Store {
         }
     }
 
+    /// False once the flusher has stopped (shutdown or a failed flush): nothing new is durable.
+    pub fn is_writable(&self) -> bool {
+        !self.flushed.borrow().stopped
+    }
+
     /// True when a new event would be refused.
     pub fn outbox_full(&self) -> bool {
         let depth = self.outbox_depth();
@@ -316,6 +327,9 @@ impl Store {
     /// Records a first sighting and queues it, or reports the existing record; returns once the
     /// outcome is durable (a duplicate waits for the flush covering the first record too).
     pub async fn admit(&self, new: NewEvent<'_>) -> Result<Admission, StoreError> {
+        if !self.is_writable() {
+            return Err(StoreError::Closed);
+        }
         let admission = self.admit_in_memory(&new)?;
         self.wait_durable().await?;
         Ok(admission)
@@ -328,13 +342,19 @@ impl Store {
         let size = new.body.len() as u64;
         let depth = self.outbox_depth();
         // A soft bound: concurrent admits may pass it by a few events, never without limit.
-        if depth.events >= self.max_outbox_events || depth.bytes + size > self.max_outbox_bytes {
+        if depth.events >= self.max_outbox_events
+            || depth.bytes.saturating_add(size) > self.max_outbox_bytes
+        {
             return Err(StoreError::OutboxFull {
                 events: depth.events,
                 bytes: depth.bytes,
             });
         }
         let seq = self.db.generate_id()?;
+        // Counted before the commit and taken back if nothing was inserted: once committed the
+        // publisher may confirm and subtract it at once, and the counters must never go below zero.
+        self.outbox_events.fetch_add(1, Ordering::SeqCst);
+        self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
         let record = encode_record(&EventRecord {
             state: EventState::Pending,
             seq,
@@ -368,10 +388,12 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<()>>(true)
             },
         );
+        if !matches!(outcome, Ok(true)) {
+            self.outbox_events.fetch_sub(1, Ordering::SeqCst);
+            self.outbox_bytes.fetch_sub(size, Ordering::SeqCst);
+        }
         match outcome {
             Ok(true) => {
-                self.outbox_events.fetch_add(1, Ordering::SeqCst);
-                self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
                 self.events_stored.fetch_add(1, Ordering::SeqCst);
                 self.lowest_admitted.fetch_min(seq, Ordering::SeqCst);
                 self.outbox_grew.notify_one();
@@ -413,11 +435,15 @@ impl Store {
         let ticket = self.written.fetch_add(1, Ordering::SeqCst) + 1;
         self.wake_flusher.notify_one();
         let mut flushed = self.flushed.subscribe();
-        flushed
-            .wait_for(|&generation| generation >= ticket)
+        let state = *flushed
+            .wait_for(|s| s.generation >= ticket || s.stopped)
             .await
             .map_err(|_| StoreError::Closed)?;
-        Ok(())
+        if state.generation >= ticket {
+            Ok(())
+        } else {
+            Err(StoreError::Closed)
+        }
     }
 
     /// The record for `key`, if any.
@@ -455,18 +481,32 @@ impl Store {
             }
             // A broken entry must not stop the publisher for everyone else: report and skip it
             // (it stays in the outbox, visible in /outbox and the outbox metrics).
-            let Some(record) = self.record(&key)? else {
-                tracing::error!(seq, "outbox entry has no record; skipped");
-                continue;
+            let record = match self.record(&key) {
+                Ok(Some(record)) => record,
+                Ok(None) => {
+                    tracing::error!(seq, "outbox entry has no record; skipped");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(seq, error = %e, "outbox entry has an unreadable record; skipped");
+                    continue;
+                }
             };
             // A replay queues the event under a new sequence; its body stays under the first.
-            let Some(body) = self.body(record.seq, size)? else {
-                tracing::error!(
-                    seq,
-                    event_id = record.event_id,
-                    "outbox entry has no body; skipped"
-                );
-                continue;
+            let body = match self.body(record.seq, size) {
+                Ok(Some(body)) => body,
+                Ok(None) => {
+                    tracing::error!(
+                        seq,
+                        event_id = record.event_id,
+                        "outbox entry has no body; skipped"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(seq, event_id = record.event_id, error = %e, "outbox entry has an unreadable body; skipped");
+                    continue;
+                }
             };
             batch.events.push(Pending {
                 seq,
@@ -598,31 +638,31 @@ impl Store {
                 () = shutdown.cancelled() => break,
             }
             let target = self.written.load(Ordering::SeqCst);
-            if target <= *self.flushed.borrow() {
+            if target <= self.flushed.borrow().generation {
                 continue;
             }
             let started = std::time::Instant::now();
             let flushed = self.flush_blocking().await;
             flush_seconds.observe(started.elapsed().as_secs_f64());
             if let Err(e) = flushed {
-                tracing::error!(error = %e, "store flush failed; retrying");
-                self.wake_flusher.notify_one();
-                tokio::select! {
-                    () = tokio::time::sleep(FLUSH_RETRY) => {}
-                    () = shutdown.cancelled() => break,
-                }
-                continue;
+                // Waiters get an error (503), readiness turns false; restart to recover.
+                tracing::error!(error = %e, "store flush failed; the store accepts nothing more until restarted");
+                self.flushed.send_modify(|s| s.stopped = true);
+                return;
             }
-            self.flushed.send_replace(target);
+            self.flushed.send_modify(|s| s.generation = target);
         }
         let target = self.written.load(Ordering::SeqCst);
         match self.flush_blocking().await {
-            Ok(()) => {
-                self.flushed.send_replace(target);
-                tracing::info!("store flushed");
-            }
+            Ok(()) => tracing::info!("store flushed"),
             Err(e) => tracing::error!(error = %e, "final store flush failed"),
         }
+        // After this nothing more is flushed: later writes (an admin replay racing shutdown)
+        // get an error instead of waiting forever.
+        self.flushed.send_modify(|s| {
+            s.generation = target;
+            s.stopped = true;
+        });
     }
 
     async fn flush_blocking(self: &Arc<Self>) -> Result<(), StoreError> {
