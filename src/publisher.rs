@@ -124,7 +124,61 @@ struct Confirmed {
     key: EventKey,
     event_id: String,
     result: PublishResult,
+    /// The `message_id` of a returned message lapin attached to this confirm: not necessarily
+    /// this event's (see [`Returns`]).
+    returned_id: Option<String>,
     elapsed: Duration,
+}
+
+/// How many returned ids and recently acked events to remember per connection; far above one
+/// window of publishes in flight.
+const RETURNS_REMEMBERED: usize = 16_384;
+
+/// `basic.return` frames, matched to events by `message_id`.
+///
+/// lapin hands a returned message to whichever confirm it resolves next, and an ack covering
+/// several deliveries resolves them in no fixed order, so the confirm that carries a return is
+/// not necessarily the returned message's own. An event therefore counts as returned when a
+/// return with its id was seen on this connection, whichever confirm carried it; and an event
+/// already marked published whose return is settled later is queued again.
+#[derive(Debug, Default)]
+struct Returns {
+    /// Returned ids not yet matched to their own confirm.
+    unmatched: HashSet<String>,
+    /// Events recently marked published, to take back if their return shows up late.
+    recent: std::collections::VecDeque<(String, EventKey)>,
+}
+
+impl Returns {
+    fn returned(&mut self, id: String) {
+        if self.unmatched.len() >= RETURNS_REMEMBERED {
+            self.unmatched.clear(); // bounded; a forgotten id is at worst a late re-queue missed
+        }
+        self.unmatched.insert(id);
+    }
+
+    fn acked(&mut self, id: String, key: EventKey) {
+        if self.recent.len() == RETURNS_REMEMBERED {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((id, key));
+    }
+
+    /// Events marked published whose return has since been seen.
+    fn take_late(&mut self) -> Vec<(String, EventKey)> {
+        if self.unmatched.is_empty() {
+            return Vec::new();
+        }
+        let (late, keep): (Vec<_>, Vec<_>) = self
+            .recent
+            .drain(..)
+            .partition(|(id, _)| self.unmatched.contains(id));
+        self.recent = keep.into();
+        for (id, _) in &late {
+            self.unmatched.remove(id);
+        }
+        late
+    }
 }
 
 #[derive(Debug)]
@@ -291,6 +345,7 @@ impl Publisher {
         shutdown: &CancellationToken,
     ) -> Result<(), PublishError> {
         let mut in_flight: HashSet<u64> = HashSet::new();
+        let mut returns = Returns::default();
         let mut confirms: JoinSet<Confirmed> = JoinSet::new();
         // Highest sequence handed to the broker in this pass; `None` starts from the oldest.
         let mut cursor: Option<u64> = None;
@@ -316,7 +371,7 @@ impl Publisher {
                     while let Some(more) = confirms.try_join_next() {
                         settled.push(more.expect("confirm tasks do not panic"));
                     }
-                    let failures = self.settle(settled, &mut in_flight)?;
+                    let failures = self.settle(settled, &mut in_flight, &mut returns).await?;
                     if failures.refused && retry_at.is_none() {
                         retry_at = Some(tokio::time::Instant::now() + refusal_backoff);
                         refusal_backoff = (refusal_backoff * 2).min(self.config.reconnect_max_backoff);
@@ -348,7 +403,7 @@ impl Publisher {
                     cursor = None; // rewind: send what was refused again
                 }
                 () = shutdown.cancelled() => {
-                    self.drain(confirms, &mut in_flight).await;
+                    self.drain(confirms, &mut in_flight, &mut returns).await;
                     return Ok(());
                 }
             }
@@ -453,18 +508,30 @@ impl Publisher {
         let confirm_timeout = self.config.publish_confirm_timeout;
         let (seq, key, event_id) = (pending.seq, pending.key, pending.record.event_id);
         confirms.spawn(async move {
-            let result = match tokio::time::timeout(confirm_timeout, confirm).await {
-                Ok(Ok(Confirmation::Ack(None))) => PublishResult::Ack,
-                Ok(Ok(Confirmation::Ack(Some(_)))) => PublishResult::Returned,
-                Ok(Ok(Confirmation::Nack(_) | Confirmation::NotRequested)) => PublishResult::Nack,
-                Ok(Err(_)) => PublishResult::Error,
-                Err(_) => PublishResult::Timeout,
+            let returned_id = |ret: &lapin::message::BasicReturnMessage| {
+                ret.properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str().to_owned())
+            };
+            let (result, returned_id) = match tokio::time::timeout(confirm_timeout, confirm).await {
+                // The broker acked this delivery; a return attached here may be another's.
+                Ok(Ok(Confirmation::Ack(ret))) => {
+                    (PublishResult::Ack, ret.as_ref().and_then(returned_id))
+                }
+                Ok(Ok(Confirmation::Nack(ret))) => {
+                    (PublishResult::Nack, ret.as_ref().and_then(returned_id))
+                }
+                Ok(Ok(Confirmation::NotRequested)) => (PublishResult::Nack, None),
+                Ok(Err(_)) => (PublishResult::Error, None),
+                Err(_) => (PublishResult::Timeout, None),
             };
             Confirmed {
                 seq,
                 key,
                 event_id,
                 result,
+                returned_id,
                 elapsed: started.elapsed(),
             }
         });
@@ -472,24 +539,37 @@ impl Publisher {
     }
 
     /// Records a batch of confirm outcomes; returns what kind of failures it held.
-    fn settle(
+    async fn settle(
         &self,
-        settled: Vec<Confirmed>,
+        mut settled: Vec<Confirmed>,
         in_flight: &mut HashSet<u64>,
+        returns: &mut Returns,
     ) -> Result<Failures, PublishError> {
         let mut failures = Failures::default();
         let mut acked = Vec::new();
+        for c in &mut settled {
+            if let Some(id) = c.returned_id.take() {
+                returns.returned(id);
+            }
+        }
         for c in settled {
             in_flight.remove(&c.seq);
+            let result = if c.result == PublishResult::Ack && returns.unmatched.remove(&c.event_id)
+            {
+                PublishResult::Returned
+            } else {
+                c.result
+            };
             self.metrics
                 .publishes
-                .with_label_values(&[c.result.label()])
+                .with_label_values(&[result.label()])
                 .inc();
-            match c.result {
+            match result {
                 PublishResult::Ack => {
                     self.metrics
                         .publish_confirm
                         .observe(c.elapsed.as_secs_f64());
+                    returns.acked(c.event_id, c.key.clone());
                     acked.push((c.seq, c.key));
                 }
                 failed => {
@@ -527,11 +607,30 @@ impl Publisher {
             tracing::error!(error = %e, "marking events published failed; publishing them again");
             return Err(e.into());
         }
+        for (event_id, key) in returns.take_late() {
+            tracing::warn!(
+                event_id,
+                "event returned after it was marked published; queued again"
+            );
+            self.metrics
+                .publishes
+                .with_label_values(&[PublishResult::Returned.label()])
+                .inc();
+            self.status
+                .record_error(format!("returned for event {event_id}"));
+            self.store.replay(&key).await?;
+            failures.refused = true;
+        }
         Ok(failures)
     }
 
     /// On shutdown: wait (bounded) for confirms already requested.
-    async fn drain(&self, mut confirms: JoinSet<Confirmed>, in_flight: &mut HashSet<u64>) {
+    async fn drain(
+        &self,
+        mut confirms: JoinSet<Confirmed>,
+        in_flight: &mut HashSet<u64>,
+        returns: &mut Returns,
+    ) {
         let waiting = confirms.len();
         let deadline = tokio::time::sleep(SHUTDOWN_CONFIRM_WAIT);
         tokio::pin!(deadline);
@@ -539,7 +638,8 @@ impl Publisher {
             tokio::select! {
                 next = confirms.join_next() => match next {
                     Some(done) => {
-                        let _ = self.settle(vec![done.expect("confirm tasks do not panic")], in_flight);
+                        let done = vec![done.expect("confirm tasks do not panic")];
+                        let _ = self.settle(done, in_flight, returns).await;
                     }
                     None => break,
                 },

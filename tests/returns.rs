@@ -1,0 +1,98 @@
+//! Unroutable and routable events in one window: lapin attaches a returned message to whichever
+//! confirm it resolves next, so the relay must match returns by message_id.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gate_relay::store::{EventState, ListFilter};
+use lapin::options::QueueBindOptions;
+use lapin::types::FieldTable;
+use support::{Options, TestApp, event_body, unique};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_events_are_never_marked_published_among_routable_ones() {
+    let app = TestApp::spawn(
+        "returns",
+        Options {
+            ack: "durable",
+            ..Options::default()
+        },
+    )
+    .await;
+    let t = &app.topology;
+    t.channel
+        .queue_unbind(
+            t.queue.as_str().into(),
+            t.exchange.as_str().into(),
+            "#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("unbind");
+    // Only "a.*" events route; "b.y" events are returned (mandatory) and must stay pending.
+    t.channel
+        .queue_bind(
+            t.queue.as_str().into(),
+            t.exchange.as_str().into(),
+            "test.a.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    let app = Arc::new(app);
+    let mut tasks = Vec::new();
+    for i in 0..600 {
+        let app = Arc::clone(&app);
+        tasks.push(tokio::spawn(async move {
+            let (id, event_type) = (unique("evt"), if i % 3 == 0 { "b.y" } else { "a.x" });
+            let status = app.post_event(&event_body(&id, event_type)).await.status;
+            assert_eq!(status, 200);
+            (id, event_type)
+        }));
+    }
+    let (mut routable, mut unroutable) = (HashSet::new(), HashSet::new());
+    for task in tasks {
+        let (id, event_type) = task.await.expect("join");
+        if event_type == "a.x" {
+            routable.insert(id)
+        } else {
+            unroutable.insert(id)
+        };
+    }
+    let store = Arc::clone(&app.running.as_ref().expect("running").store);
+    let published = |event_type: &str| {
+        let filter = ListFilter {
+            event_type: Some(event_type.to_owned()),
+            state: Some(EventState::Published),
+            ..ListFilter::default()
+        };
+        store
+            .list(&filter, None, 10_000)
+            .expect("list")
+            .events
+            .len()
+    };
+    support::eventually("every routable event is published", || {
+        published("a.x") == routable.len()
+    })
+    .await;
+    assert_eq!(
+        published("b.y"),
+        0,
+        "an unroutable event was marked published"
+    );
+    let in_queue: HashSet<String> = app
+        .topology
+        .message_ids(Duration::from_millis(500))
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(in_queue, routable);
+    assert!(in_queue.is_disjoint(&unroutable));
+    assert!(store.outbox_depth().events >= unroutable.len() as u64);
+    app.topology.delete().await;
+}
