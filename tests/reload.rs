@@ -152,6 +152,11 @@ async fn sighup_reloads_secrets_from_the_secrets_file_without_a_restart() {
     relay.wait_for_line("endpoints and secrets reloaded");
     assert_eq!(post(rotated).await, 200);
     assert_eq!(post(SECRET).await, 401);
+    // A config that does not validate is refused whole: the running one stays.
+    std::fs::write(&config, "[server]\nlisten = \"nonsense\"\n").expect("break config");
+    relay.signal("HUP");
+    relay.wait_for_line("reload refused");
+    assert_eq!(post(rotated).await, 200);
     let mut relay = relay;
     assert!(
         relay.child.0.try_wait().expect("status").is_none(),
@@ -160,4 +165,68 @@ async fn sighup_reloads_secrets_from_the_secrets_file_without_a_restart() {
     relay.signal("TERM");
     assert!(relay.child.0.wait().expect("exit").success());
     topology.delete().await;
+}
+
+/// A TLS terminator in front of the plain RabbitMQ, so `amqps://` is tested against the real broker.
+async fn tls_proxy_to_broker(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let settings = gate_relay::tls::TlsSettings {
+        cert_path: cert.to_path_buf(),
+        key_path: key.to_path_buf(),
+        client_ca_path: None,
+    };
+    let acceptor = gate_relay::tls::ServerTls::load(settings)
+        .expect("proxy tls")
+        .acceptor();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((client, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            connections.spawn(async move {
+                let Ok(mut client) = acceptor.accept(client).await else {
+                    return;
+                };
+                let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn the_publisher_speaks_amqps_with_a_custom_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, _) = certificate(dir.path());
+    let (proxy, proxy_task) = tls_proxy_to_broker(&cert, &key).await;
+    let options = Options {
+        ack: "confirmed",
+        amqp_url: format!("amqps://guest:guest@localhost:{}/%2f", proxy.port()),
+        amqp_ca_path: Some(cert.clone()),
+        ..Options::default()
+    };
+    // TestApp waits until the publisher is connected: through TLS, trusting only our CA.
+    let mut app = TestApp::spawn("amqps", options).await;
+    let id = unique("evt");
+    let reply = app
+        .post_event(&event_body(&id, "gate_session.completed"))
+        .await;
+    assert_eq!(reply.status, 200, "confirmed through amqps: {reply:?}");
+    assert_eq!(
+        app.topology
+            .message_ids(std::time::Duration::from_millis(500))
+            .await,
+        [id]
+    );
+    app.stop().await;
+    app.topology.delete().await;
+    proxy_task.abort();
 }

@@ -98,6 +98,8 @@ pub struct Options {
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Read the endpoint's secrets from this file instead of inline.
     pub secrets_file: Option<std::path::PathBuf>,
+    /// `[amqp] ca_path`, for amqps:// through a test TLS terminator.
+    pub amqp_ca_path: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -114,6 +116,7 @@ impl Default for Options {
             admin_token: None,
             tls: None,
             secrets_file: None,
+            amqp_ca_path: None,
         }
     }
 }
@@ -284,6 +287,7 @@ exchange = "{exchange}"
 connect_timeout_ms = 2000
 publish_confirm_timeout_ms = 3000
 reconnect_max_backoff_ms = 500
+{amqp_ca}
 [delivery]
 ack = "{ack}"
 confirm_timeout_ms = {confirm_timeout}
@@ -305,6 +309,10 @@ tolerance_secs = 300
         url = options.amqp_url,
         ack = options.ack,
         confirm_timeout = options.confirm_timeout_ms,
+        amqp_ca = options
+            .amqp_ca_path
+            .as_ref()
+            .map_or(String::new(), |p| format!("ca_path = \"{}\"", p.display())),
         tls = options.tls.as_ref().map_or(String::new(), |(cert, key)| {
             format!(
                 "[server.tls]\ncert_path = \"{}\"\nkey_path = \"{}\"",
