@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{
-    Options, PATH, RelayProcess, SECRET, Topology, config_text, event_body, now, sign, unique,
-};
+use support::{Options, PATH, RelayProcess, SECRET, Topology, event_body, now, sign, unique};
 
 /// Distinct events each client keeps sending until told to stop.
 const CLIENTS: usize = 16;
@@ -88,18 +86,7 @@ async fn crash_and_restart(ack: &'static str, kill: bool) {
         ack,
         ..Options::default()
     };
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        config_text(
-            &options,
-            &topology.exchange,
-            &dir.path().join("data"),
-            "127.0.0.1:0",
-            "127.0.0.1:0",
-        ),
-    )
-    .expect("write config");
+    let config = support::write_config(&options, &topology.exchange, dir.path());
 
     let mut relay = RelayProcess::start(&config);
     let stop = tokio_util::sync::CancellationToken::new();

@@ -4,30 +4,17 @@
 mod support;
 
 use bytes::Bytes;
-use support::{
-    OLD_SECRET, Options, PATH, RelayProcess, SECRET, Topology, config_text, now, sign, unique,
-};
+use support::{OLD_SECRET, Options, PATH, RelayProcess, SECRET, Topology, now, sign, unique};
 
 #[tokio::test]
 async fn a_run_with_failures_logs_one_line_per_request_and_no_secret() {
     let topology = Topology::declare("logs", &[]).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("config.toml");
     let options = Options {
         ack: "durable",
         ..Options::default()
     };
-    std::fs::write(
-        &config,
-        config_text(
-            &options,
-            &topology.exchange,
-            &dir.path().join("data"),
-            "127.0.0.1:0",
-            "127.0.0.1:0",
-        ),
-    )
-    .expect("write config");
+    let config = support::write_config(&options, &topology.exchange, dir.path());
     let mut relay = RelayProcess::start(&config);
     let addr = relay.addr;
     let url = format!("http://{addr}{PATH}");

@@ -10,8 +10,7 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use support::{
-    Options, PATH, RelayProcess, SECRET, TestApp, Topology, config_text, event_body, now, sign,
-    unique,
+    Options, PATH, RelayProcess, SECRET, TestApp, Topology, event_body, now, sign, unique,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -117,18 +116,7 @@ async fn sighup_reloads_secrets_from_the_secrets_file_without_a_restart() {
         secrets_file: Some(secrets.clone()),
         ..Options::default()
     };
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        config_text(
-            &options,
-            &topology.exchange,
-            &dir.path().join("data"),
-            "127.0.0.1:0",
-            "127.0.0.1:0",
-        ),
-    )
-    .expect("write config");
+    let config = support::write_config(&options, &topology.exchange, dir.path());
     let relay = RelayProcess::start(&config);
     let addr = relay.addr;
     let url = format!("http://{addr}{PATH}");

@@ -332,6 +332,24 @@ tolerance_secs = 300
     )
 }
 
+/// Writes `dir/config.toml` for the real binary: ports 0, store in `dir/data`.
+pub fn write_config(
+    options: &Options,
+    exchange: &str,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    let text = config_text(
+        options,
+        exchange,
+        &dir.join("data"),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
 /// What a POST returned.
 #[derive(Debug)]
 pub struct Reply {
