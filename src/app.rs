@@ -116,6 +116,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppE
         config.server.max_body_bytes,
         config.server.request_timeout,
         config.delivery.retry_after_secs,
+        // One delivery per allowed connection: memory stays within max_connections bodies
+        // however HTTP/2 multiplexes them.
+        config.server.max_connections,
     );
     let publisher = Publisher::new(
         Arc::clone(&store),

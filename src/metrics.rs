@@ -36,6 +36,7 @@ pub struct Metrics {
     pub store_size: IntGauge,
     pub store_flush: Histogram,
     pub events_stored: IntGauge,
+    pub requests_in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -136,6 +137,11 @@ impl Metrics {
                 "Dedupe records held (pending and published).",
             )
             .expect("valid metric"),
+            requests_in_flight: IntGauge::new(
+                "gate_relay_requests_in_flight",
+                "Deliveries being handled now (bounded by server.max_connections).",
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -158,6 +164,7 @@ impl Metrics {
             Box::new(self.store_size.clone()),
             Box::new(self.store_flush.clone()),
             Box::new(self.events_stored.clone()),
+            Box::new(self.requests_in_flight.clone()),
         ];
         for collector in collectors {
             self.registry

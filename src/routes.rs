@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use tokio::sync::Semaphore;
 
 use crate::config::Endpoint;
 use crate::event::EnvelopeError;
@@ -75,6 +76,9 @@ pub struct Routes {
     request_timeout: Duration,
     retry_after_secs: u64,
     request_ids: RequestIds,
+    /// Deliveries being handled at once. HTTP/2 multiplexes several per connection, so the
+    /// connection bound alone would not bound memory (each holds up to `max_body_bytes`).
+    in_flight: Semaphore,
 }
 
 /// Process-unique request ids: a random per-process prefix and a counter.
@@ -129,6 +133,7 @@ impl Routes {
         max_body_bytes: usize,
         request_timeout: Duration,
         retry_after_secs: u64,
+        max_in_flight: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
             endpoints: ArcSwap::from_pointee(by_path(endpoints)),
@@ -138,6 +143,7 @@ impl Routes {
             request_timeout,
             retry_after_secs,
             request_ids: RequestIds::new(),
+            in_flight: Semaphore::new(max_in_flight),
         })
     }
 
@@ -155,7 +161,16 @@ impl Routes {
         let answer = match endpoint {
             None => self.simple(Outcome::NotFound),
             Some(_) if req.method() != Method::POST => self.simple(Outcome::MethodNotAllowed),
-            Some(endpoint) => self.deliver(endpoint, req, &request_id).await,
+            Some(endpoint) => match self.in_flight.try_acquire() {
+                Ok(permit) => {
+                    let _slot = InFlight::new(permit, &self.metrics.requests_in_flight);
+                    self.deliver(endpoint, req, &request_id).await
+                }
+                Err(_) => Answer {
+                    detail: Some("too many deliveries in flight".to_owned()),
+                    ..self.simple(Outcome::Unavailable)
+                },
+            },
         };
         let response = self.respond(&answer, &request_id);
         let latency = started.elapsed();
@@ -324,6 +339,29 @@ impl Routes {
             headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
         }
         response
+    }
+}
+
+/// A delivery slot, counted in the in-flight gauge until dropped (also when the client goes away
+/// mid-request and the handler is cancelled).
+struct InFlight<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    gauge: &'a prometheus::IntGauge,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(permit: tokio::sync::SemaphorePermit<'a>, gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self {
+            _permit: permit,
+            gauge,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 

@@ -573,3 +573,61 @@ async fn a_client_that_sends_nothing_or_a_few_bytes_is_cut_off() {
     app.stop().await;
     app.topology.delete().await;
 }
+
+#[tokio::test]
+async fn http2_streams_cannot_exceed_the_delivery_bound() {
+    // One allowed connection means one delivery in flight, however many HTTP/2 streams it opens.
+    let mut app = TestApp::spawn(
+        "h2bound",
+        Options {
+            max_connections: 1,
+            ..Options::default()
+        },
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 prior knowledge");
+    let driver = tokio::spawn(connection);
+    // The first stream sends half a body and stalls, holding the only delivery slot.
+    let (mut body_tx, body) =
+        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+    let stalled = http::Request::post(PATH)
+        .header("content-length", "100")
+        .body(body)
+        .expect("request");
+    let mut first_sender = sender.clone();
+    let first =
+        tokio::spawn(async move { first_sender.send_request(stalled).await.map(|r| r.status()) });
+    body_tx
+        .send_data(Bytes::from_static(b"{\"id\":"))
+        .await
+        .expect("first bytes");
+    support::eventually("the stalled delivery holds the slot", || {
+        app.metric("gate_relay_requests_in_flight", &[]) == 1.0
+    })
+    .await;
+    // The second stream is refused at once with 503, before its body is read.
+    let (second_tx, second_body) =
+        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+    drop(second_tx);
+    let second = http::Request::post(PATH)
+        .body(second_body)
+        .expect("request");
+    let response = tokio::time::timeout(support::WAIT, sender.send_request(second))
+        .await
+        .expect("answered in time")
+        .expect("sent");
+    assert_eq!(response.status(), 503);
+    drop(body_tx);
+    let _ = tokio::time::timeout(support::WAIT, first).await;
+    driver.abort();
+    app.stop().await;
+    app.topology.delete().await;
+}

@@ -100,6 +100,7 @@ pub struct Options {
     pub secrets_file: Option<std::path::PathBuf>,
     /// `[amqp] ca_path`, for amqps:// through a test TLS terminator.
     pub amqp_ca_path: Option<std::path::PathBuf>,
+    pub max_connections: usize,
 }
 
 impl Default for Options {
@@ -117,6 +118,7 @@ impl Default for Options {
             tls: None,
             secrets_file: None,
             amqp_ca_path: None,
+            max_connections: 1024,
         }
     }
 }
@@ -274,6 +276,7 @@ listen = "{listen}"
 max_body_bytes = {max_body}
 header_read_timeout_ms = {header_timeout}
 shutdown_grace_ms = 5000
+max_connections = {max_connections}
 {tls}
 [admin]
 listen = "{admin}"
@@ -303,6 +306,7 @@ environment = "test"
 tolerance_secs = 300
 "#,
         max_body = options.max_body_bytes,
+        max_connections = options.max_connections,
         header_timeout = options.header_read_timeout_ms,
         store = store.display(),
         max_outbox = options.max_outbox_events,
