@@ -20,7 +20,7 @@ use crate::event::{Envelope, EnvelopeError, EventId};
 use crate::metrics::Metrics;
 use crate::publisher::BrokerStatus;
 use crate::signature::{self, SignatureError};
-use crate::store::{Admission, EventKey, EventState, NewEvent, Store, StoreError};
+use crate::store::{Admission, EventKey, EventState, NewEvent, Store, StoreError, unix_ms};
 
 /// One delivery as the transport hands it over.
 #[derive(Debug)]
@@ -101,11 +101,6 @@ pub struct Ingest {
 fn unix_secs(t: SystemTime) -> i64 {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     i64::try_from(secs).unwrap_or(i64::MAX)
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    let ms = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 impl Ingest {

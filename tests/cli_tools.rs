@@ -39,6 +39,12 @@ async fn cli(args: &[&str], envs: &[(&str, &str)]) -> Output {
 
 /// Asserts the exit code, showing both streams when it is wrong.
 #[track_caller]
+/// The exit code, and a phrase the error output must contain.
+fn assert_exit_with(out: &Output, code: i32, phrase: &str) {
+    assert_exit(out, code);
+    assert!(text(&out.stderr).contains(phrase), "{}", text(&out.stderr));
+}
+
 fn assert_exit(out: &Output, code: i32) {
     assert_eq!(
         out.status.code(),
@@ -552,12 +558,7 @@ async fn send_test_reports_a_refusal_or_an_unreachable_url_with_exit_1() {
         &[("S", SECRET)],
     )
     .await;
-    assert_exit(&unreachable, 1);
-    assert!(
-        text(&unreachable.stderr).contains("cannot reach"),
-        "{}",
-        text(&unreachable.stderr)
-    );
+    assert_exit_with(&unreachable, 1, "cannot reach");
 
     let https = cli(
         &[
@@ -570,8 +571,7 @@ async fn send_test_reports_a_refusal_or_an_unreachable_url_with_exit_1() {
         &[("S", SECRET)],
     )
     .await;
-    assert_exit(&https, 64);
-    assert!(text(&https.stderr).contains("https is not supported"));
+    assert_exit_with(&https, 64, "https is not supported");
     app.stop().await;
     app.topology.delete().await;
 }
@@ -637,12 +637,7 @@ async fn events_can_be_shown_listed_and_replayed_from_the_command_line() {
     assert_eq!(record["request_ids"].as_array().expect("ids").len(), 2);
 
     let missing = cli(&["events", "show", "evt_nope", "--admin", &admin], &[]).await;
-    assert_exit(&missing, 1);
-    assert!(
-        text(&missing.stderr).contains("HTTP 404: not_found"),
-        "{}",
-        text(&missing.stderr)
-    );
+    assert_exit_with(&missing, 1, "HTTP 404: not_found");
     let unknown_env = cli(
         &[
             "events",
@@ -729,8 +724,7 @@ async fn events_can_be_shown_listed_and_replayed_from_the_command_line() {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].data, body.as_bytes());
     let replay_missing = cli(&["events", "replay", "evt_nope", "--admin", &admin], &[]).await;
-    assert_exit(&replay_missing, 1);
-    assert!(text(&replay_missing.stderr).contains("not_found"));
+    assert_exit_with(&replay_missing, 1, "not_found");
 
     let outbox = cli(&["outbox", "--admin", &admin], &[]).await;
     assert_exit(&outbox, 0);
@@ -757,12 +751,7 @@ async fn admin_commands_send_the_token_from_the_environment() {
     let admin = admin_base(&app);
 
     let without = cli(&["outbox", "--admin", &admin], &[]).await;
-    assert_exit(&without, 1);
-    assert!(
-        text(&without.stderr).contains("HTTP 401: unauthorized"),
-        "{}",
-        text(&without.stderr)
-    );
+    assert_exit_with(&without, 1, "HTTP 401: unauthorized");
     let wrong = cli(
         &[
             "events",
@@ -775,8 +764,7 @@ async fn admin_commands_send_the_token_from_the_environment() {
         &[("GATE_ADMIN_TOKEN", "wrong-token-of-some-length")],
     )
     .await;
-    assert_exit(&wrong, 1);
-    assert!(text(&wrong.stderr).contains("unauthorized"));
+    assert_exit_with(&wrong, 1, "unauthorized");
 
     let with = cli(
         &[
@@ -818,12 +806,7 @@ fn admin_commands_exit_1_when_unreachable_and_64_on_a_bad_url() {
         .args(["outbox", "--admin", &format!("http://{closed}")])
         .output()
         .expect("run");
-    assert_exit(&out, 1);
-    assert!(
-        text(&out.stderr).contains("cannot reach"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_exit_with(&out, 1, "cannot reach");
     for url in [
         "ftp://127.0.0.1:9090",
         "not a url",

@@ -6,25 +6,28 @@ use std::sync::Arc;
 
 use support::{BrokerProxy, Options, TestApp, event_body, eventually, unique};
 
-#[tokio::test]
-async fn durable_mode_accepts_during_an_outage_and_delivers_after_recovery() {
+/// A relay connected to RabbitMQ through a proxy, which is then cut; returns once the relay has
+/// noticed.
+async fn connected_then_cut(name: &str, ack: &'static str) -> (BrokerProxy, TestApp) {
     let proxy = BrokerProxy::start().await;
-    let mut app = TestApp::spawn(
-        "outage.durable",
-        Options {
-            ack: "durable",
-            amqp_url: proxy.url(),
-            ..Options::default()
-        },
-    )
-    .await;
+    let options = Options {
+        ack,
+        amqp_url: proxy.url(),
+        ..Options::default()
+    };
+    let app = TestApp::spawn(name, options).await;
     let broker = Arc::clone(&app.running.as_ref().expect("running").broker);
-
     proxy.cut();
     eventually("the relay notices the broker is gone", || {
         !broker.is_connected()
     })
     .await;
+    (proxy, app)
+}
+
+#[tokio::test]
+async fn durable_mode_accepts_during_an_outage_and_delivers_after_recovery() {
+    let (proxy, mut app) = connected_then_cut("outage.durable", "durable").await;
     let ids: Vec<String> = (0..5).map(|_| unique("evt")).collect();
     for id in &ids {
         let reply = app
@@ -58,22 +61,7 @@ async fn durable_mode_accepts_during_an_outage_and_delivers_after_recovery() {
 
 #[tokio::test]
 async fn confirmed_mode_answers_503_during_an_outage_and_still_delivers() {
-    let proxy = BrokerProxy::start().await;
-    let mut app = TestApp::spawn(
-        "outage.confirmed",
-        Options {
-            amqp_url: proxy.url(),
-            ..Options::default()
-        },
-    )
-    .await;
-    let broker = Arc::clone(&app.running.as_ref().expect("running").broker);
-
-    proxy.cut();
-    eventually("the relay notices the broker is gone", || {
-        !broker.is_connected()
-    })
-    .await;
+    let (proxy, mut app) = connected_then_cut("outage.confirmed", "confirmed").await;
     let id = unique("evt");
     let body = event_body(&id, "gate_session.failed");
     let reply = app.post_event(&body).await;

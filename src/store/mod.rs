@@ -212,11 +212,14 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn now_ms() -> u64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+/// Unix milliseconds, the unit of every time the store keeps.
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    let since_epoch = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn now_ms() -> u64 {
+    unix_ms(std::time::SystemTime::now())
 }
 
 fn decode_record(bytes: &[u8]) -> Result<EventRecord, StoreError> {
