@@ -11,12 +11,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::ConflictableTransactionError;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    EventKey, EventRecord, EventState, Store, StoreError, chunk_count, chunk_key, decode_record,
-    encode_record, now_ms, outbox_value,
+    EventKey, EventRecord, EventState, Store, StoreError, chunk_count, chunk_key, committed,
+    decode_record, encode_record, now_ms, outbox_value,
 };
 
 /// At most this many records are read for one listing, matching or not, so a filter that
@@ -154,11 +154,7 @@ impl Store {
         if !matches!(outcome, Ok((Replay::Queued, _))) {
             self.outbox_events.fetch_sub(1, Ordering::SeqCst);
         }
-        let (replay, size) = match outcome {
-            Ok(done) => done,
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-            Err(TransactionError::Abort(())) => unreachable!("the replay transaction never aborts"),
-        };
+        let (replay, size) = committed(outcome)?;
         if replay == Replay::Queued {
             self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
             self.lowest_admitted.fetch_min(outbox_seq, Ordering::SeqCst);
@@ -259,10 +255,7 @@ impl Store {
             }
             Ok::<_, ConflictableTransactionError<()>>(true)
         });
-        outcome.map_err(|e| match e {
-            TransactionError::Storage(e) => e.into(),
-            TransactionError::Abort(()) => unreachable!("the prune transaction never aborts"),
-        })
+        committed(outcome)
     }
 
     /// Forgets a published event entirely: a later delivery of its id is new again.
@@ -285,10 +278,7 @@ impl Store {
                 }
                 Ok::<_, ConflictableTransactionError<()>>(true)
             });
-        let removed = outcome.map_err(|e| match e {
-            TransactionError::Storage(e) => StoreError::from(e),
-            TransactionError::Abort(()) => unreachable!("the prune transaction never aborts"),
-        })?;
+        let removed = committed(outcome)?;
         if removed {
             self.events_stored.fetch_sub(1, Ordering::SeqCst);
         }

@@ -212,6 +212,15 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The result of one of our transactions: they never abort on purpose, so only storage errors
+/// come out of them.
+fn committed<T>(outcome: sled::transaction::TransactionResult<T, ()>) -> Result<T, StoreError> {
+    outcome.map_err(|e| match e {
+        TransactionError::Storage(e) => e.into(),
+        TransactionError::Abort(()) => unreachable!("store transactions never abort"),
+    })
+}
+
 /// Unix milliseconds, the unit of every time the store keeps.
 pub fn unix_ms(t: std::time::SystemTime) -> u64 {
     let since_epoch = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -391,6 +400,7 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<()>>(true)
             },
         );
+        let outcome = committed(outcome);
         if !matches!(outcome, Ok(true)) {
             self.outbox_events.fetch_sub(1, Ordering::SeqCst);
             self.outbox_bytes.fetch_sub(size, Ordering::SeqCst);
@@ -409,8 +419,7 @@ impl Store {
                     "a record vanished during admit".to_owned(),
                 )),
             },
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-            Err(TransactionError::Abort(())) => unreachable!("the admit transaction never aborts"),
+            Err(e) => Err(e),
         }
     }
 
@@ -582,17 +591,10 @@ impl Store {
             }
             Ok::<_, ConflictableTransactionError<()>>((count, bytes))
         });
-        match removed {
-            Ok((count, bytes)) => {
-                self.outbox_events.fetch_sub(count, Ordering::SeqCst);
-                self.outbox_bytes.fetch_sub(bytes, Ordering::SeqCst);
-                Ok(())
-            }
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-            Err(TransactionError::Abort(())) => {
-                unreachable!("the publish transaction never aborts")
-            }
-        }
+        let (count, bytes) = committed(removed)?;
+        self.outbox_events.fetch_sub(count, Ordering::SeqCst);
+        self.outbox_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        Ok(())
     }
 
     /// sled's flush, then the fsyncs it leaves out (see the module guarantee). Blocking.
