@@ -229,9 +229,11 @@ impl Store {
                         }
                     }
                     // A stale index entry: its record was pruned and admitted again.
-                    _ => {
+                    Some(_) => {
                         self.by_seq.remove(k)?;
                     }
+                    // An admit still writing: its index entry goes in before its record.
+                    None => {}
                 }
             }
         }

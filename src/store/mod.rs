@@ -5,13 +5,19 @@
 //! RabbitMQ. Knows only sled and the filesystem.
 //!
 //! Layout: tree `events` maps `environment \0 event id` to a JSON [`EventRecord`]; tree `outbox`
-//! maps a big-endian sequence number (arrival order) to the event key; tree `bodies` maps
-//! `sequence ++ chunk number` to at most [`BODY_CHUNK`] bytes of the body.
+//! maps a big-endian sequence number (arrival order) to body size and event key; tree `bodies`
+//! maps `sequence ++ chunk number` to at most [`BODY_CHUNK`] bytes of the body; tree `by_seq`
+//! maps the sequence of every record to its key (arrival order, for listing and pruning).
 //!
 //! Guarantees:
-//! - [`Store::admit`] writes record, outbox entry and body chunks in one sled transaction: a
-//!   record is never durable without its body. Concurrent admits of one key yield exactly one
-//!   `New`; the others see it.
+//! - [`Store::admit`] writes outbox entry, body chunks and index first and the record last, by
+//!   compare-and-swap from absent, all without sled transactions (each transaction costs two
+//!   synchronous log writes). sled recovers its log only up to the first tear (`LogIter`), a
+//!   prefix in write order, so a durable record implies a durable body and outbox entry. A crash
+//!   before the record leaves an outbox entry without a record; [`Store::open`] removes it (it
+//!   was never acknowledged: answers wait for the flush covering the record). Admits of one key
+//!   are serialised by an in-process stripe lock (sled locks the directory to one process), so
+//!   concurrent deliveries of one id yield exactly one `New`; the others see it.
 //! - A write is durable once [`Store::admit`] returns: it waits for a flush generation that
 //!   started after the write. A flush is sled's `flush` (which on Linux ends in
 //!   `sync_file_range`, data only) followed by `fsync` of the data file, of every blob file sled
@@ -891,6 +897,76 @@ mod tests {
         assert!(rest.exhausted);
         assert_eq!(store.take_lowest_admitted(), Some(seqs[0]));
         assert_eq!(store.take_lowest_admitted(), None);
+    }
+
+    #[test]
+    fn an_admit_cut_short_before_its_record_is_removed_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let body = Bytes::from(vec![7u8; BODY_CHUNK + 1]);
+        let (kept_seq, cut_seq) = {
+            let store = open(dir.path(), 10);
+            admit_sync(&store, "kept", &body).expect("admit");
+            let kept_seq = store
+                .pending_after(None, 10, |_| false)
+                .expect("read")
+                .events[0]
+                .seq;
+            // What a crash after the body and index writes, before the record, leaves on disk.
+            let id = EventId::parse("cut").expect("valid");
+            let key = EventKey::new("live", &id);
+            let cut_seq = store.db.generate_id().expect("id");
+            store
+                .outbox
+                .insert(cut_seq.to_be_bytes(), outbox_value(body.len() as u64, &key))
+                .expect("outbox");
+            for (i, chunk) in body.chunks(BODY_CHUNK).enumerate() {
+                store
+                    .bodies
+                    .insert(chunk_key(cut_seq, i as u32), chunk)
+                    .expect("chunk");
+            }
+            store
+                .by_seq
+                .insert(cut_seq.to_be_bytes(), key.0.as_slice())
+                .expect("index");
+            // Until its record is in, a reader passes over it without loading it.
+            let batch = store.pending_after(None, 10, |_| false).expect("read");
+            assert_eq!(batch.events.len(), 1);
+            assert_eq!(batch.last_seq, Some(cut_seq));
+            store.sync_all().expect("flush");
+            (kept_seq, cut_seq)
+        };
+        let store = open(dir.path(), 10);
+        assert_eq!(store.outbox.len(), 1, "only the whole admit stays queued");
+        assert!(
+            store
+                .outbox
+                .contains_key(kept_seq.to_be_bytes())
+                .expect("get")
+        );
+        assert!(
+            !store
+                .by_seq
+                .contains_key(cut_seq.to_be_bytes())
+                .expect("get")
+        );
+        assert_eq!(
+            store.bodies.len(),
+            2,
+            "the cut admit's two chunks are gone, the kept one's remain"
+        );
+        assert_eq!(
+            store.outbox_depth(),
+            OutboxDepth {
+                events: 1,
+                bytes: body.len() as u64
+            }
+        );
+        // The id was never acknowledged, so its next delivery is a first sight.
+        assert_eq!(
+            admit_sync(&store, "cut", &body).expect("admit"),
+            Admission::New
+        );
     }
 
     #[tokio::test]
