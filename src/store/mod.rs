@@ -969,6 +969,48 @@ mod tests {
         );
     }
 
+    #[test]
+    fn racing_admits_on_threads_record_each_id_once_and_leave_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 10_000);
+        let ids: Vec<String> = (0..200).map(|i| format!("evt_{i}")).collect();
+        let threads = 6;
+        let barrier = std::sync::Barrier::new(threads);
+        let new_per_thread: Vec<usize> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        let body = Bytes::from_static(b"{}");
+                        ids.iter()
+                            .filter(|id| {
+                                admit_sync(&store, id, &body).expect("admit") == Admission::New
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        assert_eq!(new_per_thread.iter().sum::<usize>(), ids.len());
+        assert_eq!(store.events.len(), ids.len());
+        assert_eq!(store.outbox.len(), ids.len());
+        assert_eq!(store.by_seq.len(), ids.len());
+        assert_eq!(store.bodies.len(), ids.len());
+        assert_eq!(store.outbox_depth().events, ids.len() as u64);
+        let record = store
+            .record(&EventKey::new(
+                "live",
+                &EventId::parse("evt_0").expect("id"),
+            ))
+            .expect("read")
+            .expect("present");
+        assert_eq!(record.deliveries, threads as u64);
+    }
+
     #[tokio::test]
     async fn concurrent_admits_of_one_id_record_it_once() {
         let dir = tempfile::tempdir().expect("tempdir");
