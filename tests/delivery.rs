@@ -415,6 +415,40 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_keep_alive_connection_idle_after_a_request_is_cut_off() {
+    // hyper's header-read timeout also runs while a kept-alive connection waits for its next
+    // request; our own first-request deadline does not cover this case.
+    let mut app = TestApp::spawn(
+        "keepalive",
+        Options {
+            header_read_timeout_ms: 300,
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"POST /unknown HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(support::WAIT, stream.read_to_end(&mut buf)).await;
+    assert!(
+        closed.is_ok(),
+        "idle keep-alive connection still open after the header-read timeout"
+    );
+    assert!(
+        buf.starts_with(b"HTTP/1.1 404"),
+        "the request itself was answered first: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    app.stop().await;
+    app.topology.delete().await;
+}
+
+#[tokio::test]
 async fn unroutable_events_stay_pending_until_a_queue_is_bound() {
     let mut app = TestApp::spawn(
         "unroutable",
