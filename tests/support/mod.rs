@@ -614,6 +614,7 @@ impl Drop for BrokerProxy {
 pub struct RelayProcess {
     pub child: KillOnDrop,
     pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     /// Every stdout line after `listening`, in order, until the relay exits.
     pub lines: std::sync::mpsc::Receiver<String>,
 }
@@ -653,21 +654,29 @@ impl RelayProcess {
                 let _ = tx.send(line);
             }
         });
-        let addr = loop {
+        let (addr, admin_addr) = loop {
             let line = lines
                 .recv_timeout(WAIT)
                 .expect("gate-relay logged `listening`");
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                 if v["message"] == "listening" {
-                    break v["addr"]
-                        .as_str()
-                        .expect("addr field")
-                        .parse()
-                        .expect("socket address");
+                    let field = |name: &str| -> SocketAddr {
+                        v[name]
+                            .as_str()
+                            .unwrap_or_else(|| panic!("{name} field"))
+                            .parse()
+                            .expect("socket address")
+                    };
+                    break (field("addr"), field("admin_addr"));
                 }
             }
         };
-        Self { child, addr, lines }
+        Self {
+            child,
+            addr,
+            admin_addr,
+            lines,
+        }
     }
 
     /// Sends a signal by name (`TERM`, `HUP`) with kill(1).
