@@ -6,13 +6,16 @@
 //! figures are for comparing runs on one machine, not absolute capacity.
 //!
 //! ```text
-//! cargo run --release --example bench -- [--events N] [--connections C] [--body-bytes B] [--mode durable|confirmed|both]
+//! cargo run --release --example bench -- [--events N] [--connections C] [--body-bytes B] [--mode durable|confirmed|both] [--consume]
 //! ```
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use futures_lite::StreamExt;
 use gate_relay::app::{self, Listeners};
 use gate_relay::config::{Config, Secret};
 use gate_relay::signature;
@@ -20,8 +23,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use lapin::options::{
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
@@ -35,6 +38,8 @@ struct Args {
     connections: usize,
     body_bytes: usize,
     modes: Vec<&'static str>,
+    /// Drain the queue with an auto-ack consumer while sending, as partners' workers would.
+    consume: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -43,6 +48,7 @@ fn parse_args() -> anyhow::Result<Args> {
         connections: 32,
         body_bytes: 600,
         modes: vec!["durable", "confirmed"],
+        consume: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,6 +57,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--events" => args.events = value()?.parse()?,
             "--connections" => args.connections = value()?.parse()?,
             "--body-bytes" => args.body_bytes = value()?.parse()?,
+            "--consume" => args.consume = true,
             "--mode" => {
                 args.modes = match value()?.as_str() {
                     "durable" => vec!["durable"],
@@ -158,12 +165,19 @@ secrets = ["{SECRET}"]
     }
 
     let url = format!("http://{}/hook", running.addr);
-    let per_connection = args.events / args.connections;
+    let consumed = if args.consume {
+        Some(consume(&broker, &queue).await?)
+    } else {
+        None
+    };
     let secret = Secret::new(SECRET.to_owned());
     // Sign up front so the client's HMAC work is not in the measured loop.
     let now = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs())?;
     let mut work: Vec<Vec<(Bytes, String)>> = Vec::new();
     for c in 0..args.connections {
+        // Exactly N in all: the first N mod C connections send one more.
+        let per_connection =
+            args.events / args.connections + usize::from(c < args.events % args.connections);
         work.push(
             (0..per_connection)
                 .map(|i| {
@@ -248,6 +262,17 @@ secrets = ["{SECRET}"]
         drain_start.elapsed().as_secs_f64(),
         running.store.outbox_depth().events
     );
+    if let Some(consumed) = consumed {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while consumed.load(Ordering::Relaxed) < accepted && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!(
+            "{:>9}  consumer received {} messages",
+            "",
+            consumed.load(Ordering::Relaxed)
+        );
+    }
     running.shutdown().await;
     channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
@@ -256,6 +281,30 @@ secrets = ["{SECRET}"]
         .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
         .await?;
     Ok(())
+}
+
+/// Starts an auto-ack consumer on `queue`; returns the count of messages it has received.
+async fn consume(broker: &Connection, queue: &str) -> anyhow::Result<Arc<AtomicUsize>> {
+    let channel = broker.create_channel().await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "bench".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Some(Ok(_delivery)) = consumer.next().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    Ok(count)
 }
 
 #[tokio::main]
