@@ -129,34 +129,40 @@ impl Store {
     /// it returns.
     pub async fn replay(&self, key: &EventKey) -> Result<Replay, StoreError> {
         let outbox_seq = self.db.generate_id()?;
-        // Reserve the largest possible count first (see admit): the body size is only known inside.
+        // A record's size never changes, so it can be read before the transaction and counted
+        // first (see admit): once committed, a confirm may subtract it at once.
+        let Some(size) = self.record(key)?.map(|r| r.size) else {
+            return Ok(Replay::NotFound);
+        };
         self.outbox_events.fetch_add(1, Ordering::SeqCst);
+        self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
         let outcome =
             (&self.events, &self.outbox, &self.bodies).transaction(|(events, outbox, bodies)| {
                 let Some(raw) = events.get(&key.0)? else {
-                    return Ok((Replay::NotFound, 0));
+                    return Ok(Replay::NotFound);
                 };
                 let Ok(mut record) = serde_json::from_slice::<EventRecord>(&raw) else {
-                    return Ok((Replay::NotFound, 0));
+                    return Ok(Replay::NotFound);
                 };
                 if record.state == EventState::Pending {
-                    return Ok((Replay::AlreadyPending, 0));
+                    return Ok(Replay::AlreadyPending);
                 }
                 if record.size > 0 && bodies.get(chunk_key(record.seq, 0))?.is_none() {
-                    return Ok((Replay::BodyPruned, 0));
+                    return Ok(Replay::BodyPruned);
                 }
                 record.state = EventState::Pending;
                 record.published_at_ms = None;
+                record.queued_seq = Some(outbox_seq);
                 events.insert(key.0.as_slice(), encode_record(&record))?;
                 outbox.insert(&outbox_seq.to_be_bytes(), outbox_value(record.size, key))?;
-                Ok::<_, ConflictableTransactionError<()>>((Replay::Queued, record.size))
+                Ok::<_, ConflictableTransactionError<()>>(Replay::Queued)
             });
-        if !matches!(outcome, Ok((Replay::Queued, _))) {
+        if !matches!(outcome, Ok(Replay::Queued)) {
             self.outbox_events.fetch_sub(1, Ordering::SeqCst);
+            self.outbox_bytes.fetch_sub(size, Ordering::SeqCst);
         }
-        let (replay, size) = committed(outcome)?;
+        let replay = committed(outcome)?;
         if replay == Replay::Queued {
-            self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
             self.lowest_admitted.fetch_min(outbox_seq, Ordering::SeqCst);
             self.outbox_grew.notify_one();
             self.wait_durable().await?;

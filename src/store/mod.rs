@@ -12,12 +12,15 @@
 //! Guarantees:
 //! - [`Store::admit`] writes outbox entry, body chunks and index first and the record last, by
 //!   compare-and-swap from absent, all without sled transactions (each transaction costs two
-//!   synchronous log writes). sled recovers its log only up to the first tear (`LogIter`), a
-//!   prefix in write order, so a durable record implies a durable body and outbox entry. A crash
-//!   before the record leaves an outbox entry without a record; [`Store::open`] removes it (it
-//!   was never acknowledged: answers wait for the flush covering the record). Admits of one key
-//!   are serialised by an in-process stripe lock (sled locks the directory to one process), so
-//!   concurrent deliveries of one id yield exactly one `New`; the others see it.
+//!   synchronous log writes). After a process crash sled recovers its log up to the first tear
+//!   (`LogIter`), a prefix in write order, so a record implies its body and outbox entry; a
+//!   crash before the record leaves an outbox entry without a record, which [`Store::open`]
+//!   removes (never acknowledged: answers wait for the flush covering the record). After a
+//!   power cut, writes since the last fsync may land in any order; a pending record found
+//!   without its outbox entry or whole body is replaced by the next delivery of its id instead
+//!   of being answered as a duplicate (see `repair`). Admits of one key are serialised by an
+//!   in-process stripe lock (sled locks the directory to one process), so concurrent
+//!   deliveries of one id yield exactly one `New`; the others see it.
 //! - A write is durable once [`Store::admit`] returns: it waits for a flush generation that
 //!   started after the write. A flush is sled's `flush` (which on Linux ends in
 //!   `sync_file_range`, data only) followed by `fsync` of the data file, of every blob file sled
@@ -25,9 +28,11 @@
 //!   serves every waiting request (group commit).
 //! - Marking an event published is not waited on: losing it in a crash only means the event is
 //!   published again with the same `message_id`, which consumers drop.
-//! - Remaining gap: sled may write a log entry pointing at a blob before our `fsync` of that blob;
-//!   a power cut in that window can leave sled unable to read that one page. Keeping values small
-//!   ([`BODY_CHUNK`]) makes blobs rare: only leaf pages holding many large chunks become blobs.
+//! - Remaining gaps, both sled's and both about power cuts, not process crashes: sled may write
+//!   a log entry pointing at a blob before our `fsync` of that blob (keeping values small,
+//!   [`BODY_CHUNK`], makes blobs rare); and sled frees a log segment once the pages moved out
+//!   of it are `sync_file_range`-stable, not fsynced, so it may overwrite the segment before
+//!   our next flush, and a drive with a volatile write cache can then lose both copies.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -48,6 +53,7 @@ use crate::config::StoreConfig;
 use crate::event::EventId;
 
 mod inspect;
+mod repair;
 pub use inspect::{ListFilter, Listing, Pruned, Replay, Retention};
 
 /// sled turns log items over a quarter segment (128 KiB by default) into never-synced blob files;
@@ -87,6 +93,17 @@ pub struct EventRecord {
     /// Request ids of the latest deliveries, oldest first, at most [`MAX_REQUEST_IDS`].
     #[serde(default)]
     pub request_ids: Vec<String>,
+    /// The outbox sequence of the latest queueing when it is not `seq` (a replay queues the
+    /// event under a new sequence; its body stays under `seq`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_seq: Option<u64>,
+}
+
+impl EventRecord {
+    /// The outbox sequence this event is (or was last) queued under.
+    pub fn queued_seq(&self) -> u64 {
+        self.queued_seq.unwrap_or(self.seq)
+    }
 }
 
 fn one() -> u64 {
@@ -304,7 +321,7 @@ impl Store {
             admit_locks: (0..ADMIT_STRIPES).map(|_| Mutex::new(())).collect(),
             admit_hasher: std::hash::RandomState::new(),
         };
-        store.remove_unfinished_admits()?;
+        store.remove_stale_outbox_entries()?;
         let (mut events, mut bytes) = (0, 0);
         for entry in store.outbox.iter() {
             let (k, v) = entry?;
@@ -321,29 +338,6 @@ impl Store {
         // The directory entries of files sled just created must survive a power cut too.
         store.sync_all()?;
         Ok(store)
-    }
-
-    /// Removes outbox entries whose record is missing: an admit cut short by a crash before its
-    /// record was written. Never acknowledged (an answer waits for the record's flush).
-    fn remove_unfinished_admits(&self) -> Result<(), StoreError> {
-        let mut unfinished = Vec::new();
-        for entry in self.outbox.iter() {
-            let (k, v) = entry?;
-            let (seq, size, key) = parse_outbox_entry(&k, &v)?;
-            if !self.events.contains_key(&key.0)? {
-                unfinished.push((seq, size, key));
-            }
-        }
-        for (seq, size, key) in &unfinished {
-            self.remove_unrecorded(*seq, *size, key)?;
-        }
-        if !unfinished.is_empty() {
-            tracing::warn!(
-                count = unfinished.len(),
-                "removed admits a crash cut short before their record (never acknowledged)"
-            );
-        }
-        Ok(())
     }
 
     pub fn outbox_depth(&self) -> OutboxDepth {
@@ -387,8 +381,17 @@ impl Store {
 
     fn admit_in_memory(&self, new: &NewEvent<'_>) -> Result<Admission, StoreError> {
         let _serialised = self.admit_lock(new.key);
-        if let Some(state) = self.count_delivery(new)? {
-            return Ok(Admission::Seen(state));
+        if let Some(record) = self.count_delivery(new)? {
+            if record.state == EventState::Published || self.is_queued_whole(&record)? {
+                return Ok(Admission::Seen(record.state));
+            }
+            // Answering "seen" here would acknowledge an event that will never be published.
+            tracing::warn!(
+                event_id = record.event_id,
+                "a pending record without its outbox entry or whole body (a power cut between \
+                 flushes); replaced by this delivery"
+            );
+            self.discard_torn(new.key, &record)?;
         }
         let size = new.body.len() as u64;
         let depth = self.outbox_depth();
@@ -421,6 +424,7 @@ impl Store {
             signature: new.signature.to_owned(),
             deliveries: 1,
             request_ids: vec![new.request_id.to_owned()],
+            queued_seq: None,
         });
         let written = self.write_new(seq, new, &record);
         if !matches!(written, Ok(true)) {
@@ -435,7 +439,7 @@ impl Store {
         }
         // Unreachable while admits of one key hold its stripe lock; kept as a safe answer.
         match self.count_delivery(new)? {
-            Some(state) => Ok(Admission::Seen(state)),
+            Some(record) => Ok(Admission::Seen(record.state)),
             None => Err(StoreError::Corrupt(
                 "a record vanished during admit".to_owned(),
             )),
@@ -448,6 +452,22 @@ impl Store {
     /// implies its body and outbox entry are durable; a crash before the record leaves entries
     /// that [`Store::open`] removes. False (and nothing left behind) if the record exists.
     fn write_new(&self, seq: u64, new: &NewEvent<'_>, record: &[u8]) -> Result<bool, StoreError> {
+        let size = new.body.len() as u64;
+        let written = self.write_new_parts(seq, new, record);
+        if written.is_err() {
+            // Best effort: an entry left here would be published with a later admit's body.
+            // What this misses, the next start removes.
+            let _ = self.remove_unrecorded(seq, size, new.key);
+        }
+        written
+    }
+
+    fn write_new_parts(
+        &self,
+        seq: u64,
+        new: &NewEvent<'_>,
+        record: &[u8],
+    ) -> Result<bool, StoreError> {
         let seq_key = seq.to_be_bytes();
         let size = new.body.len() as u64;
         self.outbox.insert(seq_key, outbox_value(size, new.key))?;
@@ -468,6 +488,13 @@ impl Store {
 
     /// Removes what [`Store::write_new`] wrote before its record.
     fn remove_unrecorded(&self, seq: u64, size: u64, key: &EventKey) -> Result<(), StoreError> {
+        self.remove_body_and_index(seq, size, key)?;
+        self.outbox.remove(seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Removes the body chunks stored under `seq` and its index entry (if it names `key`).
+    fn remove_body_and_index(&self, seq: u64, size: u64, key: &EventKey) -> Result<(), StoreError> {
         let seq_key = seq.to_be_bytes();
         if self.by_seq.get(seq_key)?.is_some_and(|k| k == key.0) {
             self.by_seq.remove(seq_key)?;
@@ -475,7 +502,6 @@ impl Store {
         for i in 0..chunk_count(size) {
             self.bodies.remove(chunk_key(seq, i))?;
         }
-        self.outbox.remove(seq_key)?;
         Ok(())
     }
 
@@ -489,7 +515,7 @@ impl Store {
     }
 
     /// For an id seen before: counts this delivery on its record and returns the record's state.
-    fn count_delivery(&self, new: &NewEvent<'_>) -> Result<Option<EventState>, StoreError> {
+    fn count_delivery(&self, new: &NewEvent<'_>) -> Result<Option<EventRecord>, StoreError> {
         // update_and_fetch on an absent key still logs a delete: look first.
         if !self.events.contains_key(&new.key.0)? {
             return Ok(None);
@@ -506,9 +532,7 @@ impl Store {
             }
             Some(encode_record(&record))
         })?;
-        updated
-            .map(|v| decode_record(&v).map(|r| r.state))
-            .transpose()
+        updated.map(|v| decode_record(&v)).transpose()
     }
 
     /// Waits until a flush that started after this call has completed.
@@ -572,6 +596,15 @@ impl Store {
                     continue;
                 }
             };
+            if record.queued_seq() != seq {
+                // Left by a sled error midway through an admit; the next start removes it.
+                tracing::warn!(
+                    seq,
+                    event_id = record.event_id,
+                    "stale outbox entry; skipped"
+                );
+                continue;
+            }
             // A replay queues the event under a new sequence; its body stays under the first.
             let body = match self.body(record.seq, size) {
                 Ok(Some(body)) => body,
@@ -639,9 +672,22 @@ impl Store {
         }
         let published_at = now_ms();
         let (mut count, mut bytes) = (0u64, 0u64);
-        // Plain writes, not a transaction (see `write_new`). The record first: a crash between
-        // the two leaves the event in the outbox, so it is published again with the same
-        // message_id, never left pending outside the outbox.
+        let marked = self.mark_each_published(confirmed, published_at, &mut count, &mut bytes);
+        // Whatever was removed before an error is subtracted too, or the bound drifts upward.
+        self.outbox_events.fetch_sub(count, Ordering::SeqCst);
+        self.outbox_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        marked
+    }
+
+    /// Plain writes, not a transaction (see `write_new`). The record first: a crash between the
+    /// two leaves a published record with its outbox entry, which the next start removes.
+    fn mark_each_published(
+        &self,
+        confirmed: &[(u64, EventKey)],
+        published_at: u64,
+        count: &mut u64,
+        bytes: &mut u64,
+    ) -> Result<(), StoreError> {
         for (seq, key) in confirmed {
             let seq_key = seq.to_be_bytes();
             if !self.outbox.contains_key(seq_key)? {
@@ -652,17 +698,18 @@ impl Store {
                 let Ok(mut record) = serde_json::from_slice::<EventRecord>(old) else {
                     return Some(old.to_vec());
                 };
-                record.state = EventState::Published;
-                record.published_at_ms = Some(published_at);
+                // A stale entry's confirm says nothing about the queueing that superseded it.
+                if record.queued_seq() == *seq {
+                    record.state = EventState::Published;
+                    record.published_at_ms = Some(published_at);
+                }
                 Some(encode_record(&record))
             })?;
             if let Some(entry) = self.outbox.remove(seq_key)? {
-                count += 1;
-                bytes += parse_outbox_entry(&seq_key, &entry).map_or(0, |(_, size, _)| size);
+                *count += 1;
+                *bytes += parse_outbox_entry(&seq_key, &entry).map_or(0, |(_, size, _)| size);
             }
         }
-        self.outbox_events.fetch_sub(count, Ordering::SeqCst);
-        self.outbox_bytes.fetch_sub(bytes, Ordering::SeqCst);
         Ok(())
     }
 
@@ -756,7 +803,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn open(dir: &std::path::Path, max_events: u64) -> Arc<Store> {
+    pub(super) fn open(dir: &std::path::Path, max_events: u64) -> Arc<Store> {
         let config = StoreConfig {
             path: dir.to_path_buf(),
             max_outbox_events: max_events,
@@ -767,7 +814,11 @@ mod tests {
         Arc::new(Store::open(&config).expect("open store"))
     }
 
-    fn admit_sync(store: &Store, id: &str, body: &Bytes) -> Result<Admission, StoreError> {
+    pub(super) fn admit_sync(
+        store: &Store,
+        id: &str,
+        body: &Bytes,
+    ) -> Result<Admission, StoreError> {
         let event_id = EventId::parse(id).expect("valid id");
         let key = EventKey::new("live", &event_id);
         store.admit_in_memory(&NewEvent {
