@@ -1,0 +1,112 @@
+//! Group commit: one flusher makes every waiting write durable with one flush.
+//!
+//! Owns: sled's flush plus the fsyncs it leaves out, the flush generations writers wait for,
+//! and stopping for good after a failed flush. See the guarantees in the `store` module
+//! documentation.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Store, StoreError};
+
+impl Store {
+    /// Waits until a flush that started after this call has completed.
+    pub(super) async fn wait_durable(&self) -> Result<(), StoreError> {
+        let ticket = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake_flusher.notify_one();
+        let mut flushed = self.flushed.subscribe();
+        let state = *flushed
+            .wait_for(|s| s.generation >= ticket || s.stopped)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        if state.generation >= ticket {
+            Ok(())
+        } else {
+            Err(StoreError::Closed)
+        }
+    }
+
+    /// sled's flush, then the fsyncs it leaves out (see the module guarantee). Blocking.
+    pub(super) fn sync_all(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        File::open(self.path.join("db"))?.sync_all()?;
+        let blob_dir = self.path.join("blobs");
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .expect("no panics while holding the lock");
+        let mut present = HashSet::new();
+        let mut any_new = false;
+        let entries = match std::fs::read_dir(&blob_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                File::open(entry.path())?.sync_all()?;
+                any_new = true;
+            }
+            present.insert(name);
+        }
+        if any_new {
+            File::open(&blob_dir)?.sync_all()?;
+        }
+        *synced = present;
+        Ok(())
+    }
+
+    /// Group commit: one flush per round covers every write made before the round started.
+    /// Runs until `shutdown`, then flushes once more.
+    /// `flush_seconds` observes each round's duration.
+    pub async fn run_flusher(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        flush_seconds: prometheus::Histogram,
+    ) {
+        loop {
+            tokio::select! {
+                () = self.wake_flusher.notified() => {}
+                () = shutdown.cancelled() => break,
+            }
+            let target = self.written.load(Ordering::SeqCst);
+            if target <= self.flushed.borrow().generation {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let flushed = self.flush_blocking().await;
+            flush_seconds.observe(started.elapsed().as_secs_f64());
+            if let Err(e) = flushed {
+                // Waiters get an error (503), readiness turns false; restart to recover.
+                tracing::error!(error = %e, "store flush failed; the store accepts nothing more until restarted");
+                self.flushed.send_modify(|s| s.stopped = true);
+                return;
+            }
+            self.flushed.send_modify(|s| s.generation = target);
+        }
+        let target = self.written.load(Ordering::SeqCst);
+        match self.flush_blocking().await {
+            Ok(()) => tracing::info!("store flushed"),
+            Err(e) => tracing::error!(error = %e, "final store flush failed"),
+        }
+        // After this nothing more is flushed: later writes (an admin replay racing shutdown)
+        // get an error instead of waiting forever.
+        self.flushed.send_modify(|s| {
+            s.generation = target;
+            s.stopped = true;
+        });
+    }
+
+    async fn flush_blocking(self: &Arc<Self>) -> Result<(), StoreError> {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || store.sync_all())
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+}
