@@ -228,6 +228,9 @@ pub struct Store {
     admit_hasher: std::hash::RandomState,
 }
 
+/// Outbox entries [`Store::oldest_pending_age`] looks through for one with a record.
+const OLDEST_LOOKAHEAD: usize = 64;
+
 /// Stripes for admit locks: far more than concurrent admits, so distinct keys rarely wait.
 const ADMIT_STRIPES: usize = 256;
 
@@ -358,11 +361,15 @@ impl Store {
 
     /// How long the oldest outbox event has waited; `None` when the outbox is empty.
     pub fn oldest_pending_age(&self) -> Option<Duration> {
-        let (_, v) = self.outbox.first().ok()??;
-        let (_, _, key) = parse_outbox_entry(&[0; 8], &v).ok()?;
-        let record = self.record(&key).ok()??;
+        // The first entries may belong to admits still writing their record: look a little
+        // further rather than report an empty outbox.
+        let oldest = self.outbox.iter().take(OLDEST_LOOKAHEAD).find_map(|entry| {
+            let (k, v) = entry.ok()?;
+            let (_, _, key) = parse_outbox_entry(&k, &v).ok()?;
+            self.record(&key).ok()?
+        })?;
         Some(Duration::from_millis(
-            now_ms().saturating_sub(record.received_at_ms),
+            now_ms().saturating_sub(oldest.received_at_ms),
         ))
     }
 
