@@ -322,20 +322,13 @@ impl Store {
             admit_locks: (0..ADMIT_STRIPES).map(|_| Mutex::new(())).collect(),
             admit_hasher: std::hash::RandomState::new(),
         };
-        store.remove_stale_outbox_entries()?;
-        let (mut events, mut bytes) = (0, 0);
-        for entry in store.outbox.iter() {
-            let (k, v) = entry?;
-            let (_, size, _) = parse_outbox_entry(&k, &v)?;
-            events += 1;
-            bytes += size;
-        }
-        store.outbox_events.store(events, Ordering::SeqCst);
+        let depth = store.remove_stale_outbox_entries()?;
+        store.outbox_events.store(depth.events, Ordering::SeqCst);
+        store.outbox_bytes.store(depth.bytes, Ordering::SeqCst);
         // One pass over the records at start; after that the count is kept in memory.
         store
             .events_stored
             .store(store.events.len() as u64, Ordering::SeqCst);
-        store.outbox_bytes.store(bytes, Ordering::SeqCst);
         // The directory entries of files sled just created must survive a power cut too.
         store.sync_all()?;
         Ok(store)
@@ -363,11 +356,15 @@ impl Store {
     pub fn oldest_pending_age(&self) -> Option<Duration> {
         // The first entries may belong to admits still writing their record: look a little
         // further rather than report an empty outbox.
-        let oldest = self.outbox.iter().take(OLDEST_LOOKAHEAD).find_map(|entry| {
-            let (k, v) = entry.ok()?;
-            let (_, _, key) = parse_outbox_entry(&k, &v).ok()?;
-            self.record(&key).ok()?
-        })?;
+        let oldest = self
+            .outbox
+            .iter()
+            .take(OLDEST_LOOKAHEAD)
+            .find_map(|entry| {
+                let (k, v) = entry.ok()?;
+                let (_, _, key) = parse_outbox_entry(&k, &v).ok()?;
+                self.record(&key).ok()?
+            })?;
         Some(Duration::from_millis(
             now_ms().saturating_sub(oldest.received_at_ms),
         ))
@@ -493,23 +490,8 @@ impl Store {
             return Ok(());
         }
         let published_at = now_ms();
-        let (mut count, mut bytes) = (0u64, 0u64);
-        let marked = self.mark_each_published(confirmed, published_at, &mut count, &mut bytes);
-        // Whatever was removed before an error is subtracted too, or the bound drifts upward.
-        self.outbox_events.fetch_sub(count, Ordering::SeqCst);
-        self.outbox_bytes.fetch_sub(bytes, Ordering::SeqCst);
-        marked
-    }
-
-    /// Plain writes, not a transaction (see `write_new`). The record first: a crash between the
-    /// two leaves a published record with its outbox entry, which the next start removes.
-    fn mark_each_published(
-        &self,
-        confirmed: &[(u64, EventKey)],
-        published_at: u64,
-        count: &mut u64,
-        bytes: &mut u64,
-    ) -> Result<(), StoreError> {
+        // Plain writes, not a transaction (see `write_new`). The record first: a crash between
+        // the two leaves a published record with its outbox entry, which the next start removes.
         for (seq, key) in confirmed {
             let seq_key = seq.to_be_bytes();
             if !self.outbox.contains_key(seq_key)? {
@@ -527,9 +509,11 @@ impl Store {
                 }
                 Some(encode_record(&record))
             })?;
+            // Counted per entry, so an error on a later one leaves the counters right.
             if let Some(entry) = self.outbox.remove(seq_key)? {
-                *count += 1;
-                *bytes += parse_outbox_entry(&seq_key, &entry).map_or(0, |(_, size, _)| size);
+                let size = parse_outbox_entry(&seq_key, &entry).map_or(0, |(_, size, _)| size);
+                self.outbox_events.fetch_sub(1, Ordering::SeqCst);
+                self.outbox_bytes.fetch_sub(size, Ordering::SeqCst);
             }
         }
         Ok(())

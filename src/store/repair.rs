@@ -15,7 +15,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{
-    EventKey, EventRecord, EventState, Store, StoreError, chunk_count, chunk_key,
+    EventKey, EventRecord, EventState, OutboxDepth, Store, StoreError, chunk_count, chunk_key,
     parse_outbox_entry,
 };
 
@@ -33,9 +33,14 @@ enum Stale {
 
 impl Store {
     /// Removes outbox entries that would publish nothing or publish again what the broker
-    /// already confirmed. Runs in `open`, before any reader or writer.
-    pub(super) fn remove_stale_outbox_entries(&self) -> Result<(), StoreError> {
+    /// already confirmed, and returns the depth of what stays. Runs in `open`, before any
+    /// reader or writer.
+    pub(super) fn remove_stale_outbox_entries(&self) -> Result<OutboxDepth, StoreError> {
         let mut stale = Vec::new();
+        let mut kept = OutboxDepth {
+            events: 0,
+            bytes: 0,
+        };
         for entry in self.outbox.iter() {
             let (k, v) = entry?;
             let (seq, size, key) = parse_outbox_entry(&k, &v)?;
@@ -50,7 +55,11 @@ impl Store {
                     (Stale::Published, false)
                 }
                 // Whole, or unreadable (left for an operator to see in /outbox).
-                Ok(Some(_)) | Err(_) => continue,
+                Ok(Some(_)) | Err(_) => {
+                    kept.events += 1;
+                    kept.bytes += size;
+                    continue;
+                }
             };
             stale.push((seq, size, key, why, owns_body));
         }
@@ -62,7 +71,7 @@ impl Store {
             }
             tracing::warn!(seq, reason = ?why, "removed a stale outbox entry left by a crash");
         }
-        Ok(())
+        Ok(kept)
     }
 
     /// True when a pending record's outbox entry and every body chunk are present.
