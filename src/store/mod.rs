@@ -29,8 +29,9 @@
 //! - Marking an event published is not waited on: losing it in a crash only means the event is
 //!   published again with the same `message_id`, which consumers drop.
 //! - Remaining gaps, both sled's and both about power cuts, not process crashes: sled may write
-//!   a log entry pointing at a blob before our `fsync` of that blob (keeping values small,
-//!   [`BODY_CHUNK`], makes blobs rare); and sled frees a log segment once the pages moved out
+//!   a log entry pointing at a blob before our `fsync` of that blob (none for 600-byte bodies,
+//!   but a leaf page holding a few [`BODY_CHUNK`]s is written as one: 228 blob files for 2,000
+//!   bodies of 32 KiB); and sled frees a log segment once the pages moved out
 //!   of it are `sync_file_range`-stable, not fsynced, so it may overwrite the segment before
 //!   our next flush, and a drive with a volatile write cache can then lose both copies.
 
@@ -55,7 +56,8 @@ mod repair;
 pub use inspect::{ListFilter, Listing, Pruned, Replay, Retention};
 
 /// sled turns log items over a quarter segment (128 KiB by default) into never-synced blob files;
-/// 32 KiB chunks keep single values far below that.
+/// 32 KiB chunks keep single values far below that. Pages holding several chunks still become
+/// blobs, which is why each flush also fsyncs new blob files.
 pub const BODY_CHUNK: usize = 32 * 1024;
 
 /// Where an event is in its life.
