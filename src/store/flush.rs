@@ -31,9 +31,17 @@ impl Store {
     }
 
     /// sled's flush, then the fsyncs it leaves out (see the module guarantee). Blocking.
+    ///
+    /// New blob files are fsynced before the data file, so a log entry that this flush makes
+    /// durable never points at a blob that is not.
     pub(super) fn sync_all(&self) -> Result<(), StoreError> {
         self.db.flush()?;
+        self.sync_new_blobs()?;
         File::open(self.path.join("db"))?.sync_all()?;
+        Ok(())
+    }
+
+    fn sync_new_blobs(&self) -> Result<(), StoreError> {
         let blob_dir = self.path.join("blobs");
         let mut synced = self
             .synced_blobs
@@ -50,7 +58,13 @@ impl Store {
             let entry = entry?;
             let name = entry.file_name();
             if !synced.contains(&name) {
-                File::open(entry.path())?.sync_all()?;
+                match File::open(entry.path()) {
+                    Ok(file) => file.sync_all()?,
+                    // sled removes a blob once a newer version of its page replaces it; a blob
+                    // gone between listing and opening holds nothing the log still needs.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                }
                 any_new = true;
             }
             present.insert(name);
