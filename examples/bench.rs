@@ -6,7 +6,7 @@
 //! figures are for comparing runs on one machine, not absolute capacity.
 //!
 //! ```text
-//! cargo run --release --example bench -- [--events N] [--connections C] [--body-bytes B] [--mode durable|confirmed|both] [--consume]
+//! cargo run --release --example bench -- [--events N] [--connections C] [--body-bytes B] [--mode durable|confirmed|both] [--consume] [--http2]
 //! ```
 
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use gate_relay::config::{Config, Secret};
 use gate_relay::signature;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use lapin::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
@@ -40,6 +41,8 @@ struct Args {
     modes: Vec<&'static str>,
     /// Drain the queue with an auto-ack consumer while sending, as partners' workers would.
     consume: bool,
+    /// Speak HTTP/2 (prior knowledge) instead of HTTP/1.1.
+    http2: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -49,6 +52,7 @@ fn parse_args() -> anyhow::Result<Args> {
         body_bytes: 600,
         modes: vec!["durable", "confirmed"],
         consume: false,
+        http2: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,6 +62,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--connections" => args.connections = value()?.parse()?,
             "--body-bytes" => args.body_bytes = value()?.parse()?,
             "--consume" => args.consume = true,
+            "--http2" => args.http2 = true,
             "--mode" => {
                 args.modes = match value()?.as_str() {
                     "durable" => vec!["durable"],
@@ -194,9 +199,14 @@ secrets = ["{SECRET}"]
     for requests in work {
         let url = url.clone();
         // One client (and so one keep-alive connection) per simulated sender.
+        // No Nagle delay, as real senders set (Go's net/http does by default): HTTP/2 writes
+        // HEADERS and DATA separately, and Nagle would hold DATA for the server's delayed ACK.
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(1)
-            .build_http();
+            .http2_only(args.http2)
+            .build(connector);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(requests.len());
             let mut failures = 0usize;
