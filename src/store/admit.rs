@@ -29,16 +29,10 @@ impl Store {
     pub(super) fn admit_in_memory(&self, new: &NewEvent<'_>) -> Result<Admission, StoreError> {
         let _serialised = self.admit_lock(new.key);
         if let Some(record) = self.count_delivery(new)? {
-            if record.state == EventState::Published || self.is_queued_whole(&record)? {
-                return Ok(Admission::Seen(record.state));
+            if let Some(state) = self.seen_unless_torn(new.key, record)? {
+                return Ok(Admission::Seen(state));
             }
-            // Answering "seen" here would acknowledge an event that will never be published.
-            tracing::warn!(
-                event_id = record.event_id,
-                "a pending record without its outbox entry or whole body (a power cut between \
-                 flushes); replaced by this delivery"
-            );
-            self.discard_torn(new.key, &record)?;
+            // The torn record is gone: this delivery is admitted in its place.
         }
         let size = new.body.len() as u64;
         let depth = self.outbox_depth();

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 
 use super::{
     EventKey, EventRecord, EventState, OutboxDepth, Store, StoreError, chunk_count, chunk_key,
-    parse_outbox_entry,
+    decode_record, parse_outbox_entry,
 };
 
 /// Why an outbox entry is not worth keeping.
@@ -74,8 +74,53 @@ impl Store {
         Ok(kept)
     }
 
+    /// For a delivery of an id already recorded: the record's state, or `None` when the record
+    /// was a torn admit and has been removed (the caller then admits the delivery as new).
+    /// Caller holds the key's admit lock.
+    ///
+    /// The publisher marks records and replays re-queue them without that lock, so a record
+    /// that looks incomplete is read again: `mark_published` writes the record before it removes
+    /// the outbox entry, so an entry missing while the record is still pending under the same
+    /// sequence was not removed by a confirm.
+    pub(super) fn seen_unless_torn(
+        &self,
+        key: &EventKey,
+        mut record: EventRecord,
+    ) -> Result<Option<EventState>, StoreError> {
+        loop {
+            if record.state == EventState::Published || self.is_queued_whole(&record)? {
+                return Ok(Some(record.state));
+            }
+            let Some(raw) = self.events.get(&key.0)? else {
+                return Ok(None); // removed meanwhile (pruned): this delivery is new
+            };
+            let current = decode_record(&raw)?;
+            if current.state != record.state || current.queued_seq() != record.queued_seq() {
+                record = current; // confirmed or re-queued meanwhile: judge it afresh
+                continue;
+            }
+            // Answering "seen" here would acknowledge an event that will never be published.
+            tracing::warn!(
+                event_id = current.event_id,
+                "a pending record without its outbox entry or whole body (a power cut between \
+                 flushes); replaced by this delivery"
+            );
+            return match self.discard_torn(key, &current, &raw)? {
+                true => Ok(None),
+                false => {
+                    // Changed between our read and the removal: judge it afresh.
+                    let Some(raw) = self.events.get(&key.0)? else {
+                        return Ok(None);
+                    };
+                    record = decode_record(&raw)?;
+                    continue;
+                }
+            };
+        }
+    }
+
     /// True when a pending record's outbox entry and every body chunk are present.
-    pub(super) fn is_queued_whole(&self, record: &EventRecord) -> Result<bool, StoreError> {
+    fn is_queued_whole(&self, record: &EventRecord) -> Result<bool, StoreError> {
         if !self
             .outbox
             .contains_key(record.queued_seq().to_be_bytes())?
@@ -90,13 +135,24 @@ impl Store {
         Ok(true)
     }
 
-    /// Forgets an incomplete pending record and everything stored for it, so the caller can
-    /// admit the delivery in hand as new. Caller holds the key's admit lock.
-    pub(super) fn discard_torn(
+    /// Forgets an incomplete pending record and everything stored for it; false (nothing
+    /// removed) when the record is no longer exactly `raw`.
+    fn discard_torn(
         &self,
         key: &EventKey,
         record: &EventRecord,
-    ) -> Result<(), StoreError> {
+        raw: &[u8],
+    ) -> Result<bool, StoreError> {
+        // The record first, and only as it was judged. A crash after this leaves an outbox
+        // entry without a record, which the next start removes.
+        if self
+            .events
+            .compare_and_swap(&key.0, Some(raw), None::<&[u8]>)?
+            .is_err()
+        {
+            return Ok(false);
+        }
+        self.events_stored.fetch_sub(1, Ordering::SeqCst);
         for seq in [record.queued_seq(), record.seq] {
             let seq_key = seq.to_be_bytes();
             if let Some(entry) = self.outbox.remove(seq_key)? {
@@ -106,11 +162,7 @@ impl Store {
             }
         }
         self.remove_body_and_index(record.seq, record.size, key)?;
-        // The record last: a crash before this leaves it incomplete, so repaired again later.
-        if self.events.remove(&key.0)?.is_some() {
-            self.events_stored.fetch_sub(1, Ordering::SeqCst);
-        }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -262,5 +314,54 @@ mod tests {
             0,
             "the stale entry itself is gone"
         );
+    }
+
+    #[test]
+    fn retries_racing_the_publisher_are_never_taken_for_torn_records() {
+        // A retry that reads its record just before the publisher marks it and removes its
+        // outbox entry must answer "duplicate", not replace the record (a second publish).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 100_000);
+        let body = Bytes::from_static(b"{}");
+        for round in 0..30 {
+            let ids: Vec<String> = (0..300).map(|i| format!("r{round}_{i}")).collect();
+            for id in &ids {
+                admit_sync(&store, id, &body).expect("admit");
+            }
+            let published = std::sync::atomic::AtomicBool::new(false);
+            let readmitted = std::thread::scope(|scope| {
+                let retry = || {
+                    let mut new = Vec::new();
+                    while !published.load(Ordering::SeqCst) {
+                        for id in &ids {
+                            if admit_sync(&store, id, &body).expect("retry") == Admission::New {
+                                new.push(id.clone());
+                            }
+                        }
+                    }
+                    new
+                };
+                let retries = [scope.spawn(retry), scope.spawn(retry)];
+                loop {
+                    let batch = store.pending_after(None, 1000, |_| false).expect("read");
+                    if batch.events.is_empty() {
+                        break;
+                    }
+                    for p in batch.events {
+                        store.mark_published(&[(p.seq, p.key)]).expect("mark");
+                    }
+                }
+                published.store(true, Ordering::SeqCst);
+                retries
+                    .into_iter()
+                    .flat_map(|r| r.join().expect("retries"))
+                    .collect::<Vec<_>>()
+            });
+            assert!(
+                readmitted.is_empty(),
+                "retries admitted as new while being published: {readmitted:?}"
+            );
+        }
+        assert_eq!(store.outbox_depth().events, 0);
     }
 }
