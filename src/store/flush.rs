@@ -4,7 +4,7 @@
 //! and stopping for good after a failed flush. See the guarantees in the `store` module
 //! documentation.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -41,13 +41,16 @@ impl Store {
         Ok(())
     }
 
+    /// Fsyncs blob files that are new or have grown since the last round (sled may still have
+    /// been writing one when it was last synced). With our segment size sled writes no blobs
+    /// (see `SEGMENT_SIZE`); this is the safety net if one ever appears.
     fn sync_new_blobs(&self) -> Result<(), StoreError> {
         let blob_dir = self.path.join("blobs");
         let mut synced = self
             .synced_blobs
             .lock()
             .expect("no panics while holding the lock");
-        let mut present = HashSet::new();
+        let mut present = HashMap::new();
         let mut any_new = false;
         let entries = match std::fs::read_dir(&blob_dir) {
             Ok(entries) => entries,
@@ -57,17 +60,19 @@ impl Store {
         for entry in entries {
             let entry = entry?;
             let name = entry.file_name();
-            if !synced.contains(&name) {
-                match File::open(entry.path()) {
-                    Ok(file) => file.sync_all()?,
-                    // sled removes a blob once a newer version of its page replaces it; a blob
-                    // gone between listing and opening holds nothing the log still needs.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e.into()),
-                }
+            let file = match File::open(entry.path()) {
+                Ok(file) => file,
+                // sled removes a blob once a newer version of its page replaces it; a blob
+                // gone between listing and opening holds nothing the log still needs.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let len = file.metadata()?.len();
+            if synced.get(&name) != Some(&len) {
+                file.sync_all()?;
                 any_new = true;
             }
-            present.insert(name);
+            present.insert(name, len);
         }
         if any_new {
             File::open(&blob_dir)?.sync_all()?;

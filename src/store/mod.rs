@@ -23,21 +23,20 @@
 //!   deliveries of one id yield exactly one `New`; the others see it.
 //! - A write is durable once [`Store::admit`] returns: it waits for a flush generation that
 //!   started after the write. A flush is sled's `flush` (which on Linux ends in
-//!   `sync_file_range`, data only) followed by `fsync` of the data file, of every blob file sled
-//!   wrote since the last flush (sled never syncs them) and of the blob directory. One flusher
-//!   serves every waiting request (group commit).
+//!   `sync_file_range`, data only) followed by `fsync` of the data file. One flusher serves
+//!   every waiting request (group commit).
+//! - Every page stays in sled's log: sled writes items over a quarter segment as separate,
+//!   never-synced blob files, and our segment size keeps every page below that (see
+//!   `SEGMENT_SIZE`; a test writes bodies up to 1 MiB and finds no blob file). Should a blob
+//!   appear anyway, each flush fsyncs new or grown blob files before the data file.
 //! - Marking an event published is not waited on: losing it in a crash only means the event is
 //!   published again with the same `message_id`, which consumers drop.
-//! - Remaining gaps, both sled's and both about power cuts, not process crashes: sled may write
-//!   a log entry pointing at a blob to disk (its own `sync_file_range` between our flushes)
-//!   before we fsync that blob; each flush fsyncs new blobs before the data file, so only that
-//!   window remains. Blobs are common with large bodies: none for 600-byte bodies, but a leaf
-//!   page holding a few [`BODY_CHUNK`]s is written as one (228 blob files for 2,000 bodies of
-//!   32 KiB). And sled frees a log segment once the pages moved out
-//!   of it are `sync_file_range`-stable, not fsynced, so it may overwrite the segment before
-//!   our next flush, and a drive with a volatile write cache can then lose both copies.
+//! - Remaining gap, sled's and about power cuts, not process crashes: sled frees a log segment
+//!   once the pages moved out of it are `sync_file_range`-stable, not fsynced, so it may
+//!   overwrite the segment before our next flush, and a drive with a volatile write cache can
+//!   then lose both copies.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,10 +56,16 @@ mod inspect;
 mod repair;
 pub use inspect::{ListFilter, Listing, Pruned, Replay, Retention};
 
-/// sled turns log items over a quarter segment (128 KiB by default) into never-synced blob files;
-/// 32 KiB chunks keep single values far below that. Pages holding several chunks still become
-/// blobs, which is why each flush also fsyncs new blob files.
+/// Bodies are stored in chunks of at most this size, one sled value each.
 pub const BODY_CHUNK: usize = 32 * 1024;
+
+/// sled writes any log item over a quarter segment as a separate blob file, outside its log
+/// (and so outside the log's fsync and its tear detection). A whole leaf page is one item, and
+/// a leaf splits above 16 entries, so with the default 512 KiB segments a leaf of five body
+/// chunks became a blob. With 8 MiB segments the limit is 2 MiB, far above the largest leaf
+/// (17 chunks ≈ 560 KiB): no page becomes a blob. sled fixes the segment size when it creates
+/// a store.
+const SEGMENT_SIZE: usize = 8 << 20;
 
 /// Where an event is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,8 +224,9 @@ pub struct Store {
     /// or a failed flush: after a failed fsync the kernel may have dropped the dirty pages, so a
     /// later fsync that succeeds proves nothing; only a restart, replaying sled's log, is safe).
     flushed: watch::Sender<FlushState>,
-    /// Blob files already fsynced, so each round syncs only new ones.
-    synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
+    /// Blob files already fsynced, with their length then, so each round syncs only new or
+    /// grown ones.
+    synced_blobs: Mutex<HashMap<std::ffi::OsString, u64>>,
     /// Wakes the publisher when the outbox gains an event.
     outbox_grew: Notify,
     /// Lowest sequence admitted since the publisher last asked. Sequences are drawn before the
@@ -304,7 +310,10 @@ impl Store {
     /// Opens (or creates) the store and rebuilds the outbox counters.
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&config.path)?;
-        let db = sled::Config::new().path(&config.path).open()?;
+        let db = sled::Config::new()
+            .path(&config.path)
+            .segment_size(SEGMENT_SIZE)
+            .open()?;
         let store = Self {
             events: db.open_tree("events")?,
             outbox: db.open_tree("outbox")?,
@@ -320,7 +329,7 @@ impl Store {
             written: AtomicU64::new(0),
             wake_flusher: Notify::new(),
             flushed: watch::Sender::new(FlushState::default()),
-            synced_blobs: Mutex::new(HashSet::new()),
+            synced_blobs: Mutex::new(HashMap::new()),
             outbox_grew: Notify::new(),
             lowest_admitted: AtomicU64::new(u64::MAX),
             admit_locks: (0..ADMIT_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -752,6 +761,27 @@ mod tests {
             admit_sync(&store, "cut", &body).expect("admit"),
             Admission::New
         );
+    }
+
+    #[test]
+    fn bodies_up_to_the_largest_make_no_blob_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 1_000);
+        for (i, size) in [600, BODY_CHUNK, BODY_CHUNK * 3, 1 << 20]
+            .iter()
+            .enumerate()
+        {
+            for j in 0..40 {
+                let body = Bytes::from(vec![b'x'; *size]);
+                admit_sync(&store, &format!("e{i}_{j}"), &body).expect("admit");
+                if j % 8 == 0 {
+                    store.sync_all().expect("flush");
+                }
+            }
+        }
+        store.sync_all().expect("flush");
+        let blobs = std::fs::read_dir(dir.path().join("blobs")).map_or(0, |d| d.count());
+        assert_eq!(blobs, 0, "every page stays in sled's log");
     }
 
     #[test]
