@@ -554,7 +554,22 @@ mod tests {
             retain_bodies: Duration::from_secs(60),
             retain_events: None,
         };
-        Arc::new(Store::open(&config).expect("open store"))
+        // sled releases its directory lock only when its last internal reference goes, which
+        // can trail the drop of a `Db` by a moment (deferred epoch cleanup on its I/O threads).
+        // Reopening in the same process must wait for that; a real restart is a new process.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Store::open(&config) {
+                Ok(store) => return Arc::new(store),
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("open store: {e}"),
+            }
+        }
     }
 
     pub(super) fn admit_sync(
