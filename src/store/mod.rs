@@ -523,11 +523,18 @@ impl Store {
                 Some(encode_record(&record))
             })?;
             // Counted per entry, so an error on a later one leaves the counters right.
-            if let Some(entry) = self.outbox.remove(seq_key)? {
-                let size = parse_outbox_entry(&seq_key, &entry).map_or(0, |(_, size, _)| size);
-                self.outbox_events.fetch_sub(1, Ordering::SeqCst);
-                self.outbox_bytes.fetch_sub(size, Ordering::SeqCst);
-            }
+            self.dequeue(*seq)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the outbox entry `seq`, if present, and takes it off the outbox counters.
+    fn dequeue(&self, seq: u64) -> Result<(), StoreError> {
+        let seq_key = seq.to_be_bytes();
+        if let Some(entry) = self.outbox.remove(seq_key)? {
+            let size = parse_outbox_entry(&seq_key, &entry).map_or(0, |(_, size, _)| size);
+            self.outbox_events.fetch_sub(1, Ordering::SeqCst);
+            self.outbox_bytes.fetch_sub(size, Ordering::SeqCst);
         }
         Ok(())
     }

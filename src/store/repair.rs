@@ -154,12 +154,7 @@ impl Store {
         }
         self.events_stored.fetch_sub(1, Ordering::SeqCst);
         for seq in [record.queued_seq(), record.seq] {
-            let seq_key = seq.to_be_bytes();
-            if let Some(entry) = self.outbox.remove(seq_key)? {
-                let size = parse_outbox_entry(&seq_key, &entry).map_or(0, |(_, size, _)| size);
-                self.outbox_events.fetch_sub(1, Ordering::SeqCst);
-                self.outbox_bytes.fetch_sub(size, Ordering::SeqCst);
-            }
+            self.dequeue(seq)?;
         }
         self.remove_body_and_index(record.seq, record.size, key)?;
         Ok(true)
