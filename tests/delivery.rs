@@ -386,28 +386,40 @@ async fn wrong_method_is_405_and_unknown_path_404() {
     app.topology.delete().await;
 }
 
-#[tokio::test]
-async fn a_client_that_never_finishes_its_headers_is_cut_off() {
-    let mut app = TestApp::spawn(
-        "slowloris",
+/// A relay whose header-read timeout (300 ms) is far below the tests' own bound.
+async fn spawn_with_short_header_timeout(name: &str) -> TestApp {
+    TestApp::spawn(
+        name,
         Options {
             header_read_timeout_ms: 300,
             ..Options::default()
         },
     )
-    .await;
-    let mut stream = tokio::net::TcpStream::connect(app.addr)
-        .await
-        .expect("connect");
-    stream
-        .write_all(format!("POST {PATH} HTTP/1.1\r\nhost: x\r\n").as_bytes())
-        .await
-        .expect("write");
+    .await
+}
+
+/// Connects, sends `bytes` and reads until the server closes the connection: what it sent, or
+/// `None` when the connection was still open at the tests' bound.
+async fn sent_then_closed(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
     let mut buf = Vec::new();
-    // The server must close the connection (read returns) well before the test's own bound.
-    let closed = tokio::time::timeout(support::WAIT, stream.read_to_end(&mut buf)).await;
+    tokio::time::timeout(support::WAIT, stream.read_to_end(&mut buf))
+        .await
+        .ok()
+        .map(|_| buf)
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let mut app = spawn_with_short_header_timeout("slowloris").await;
+    let closed = sent_then_closed(
+        app.addr,
+        format!("POST {PATH} HTTP/1.1\r\nhost: x\r\n").as_bytes(),
+    )
+    .await;
     assert!(
-        closed.is_ok(),
+        closed.is_some(),
         "connection still open after the header-read timeout"
     );
     app.stop().await;
@@ -418,27 +430,17 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 async fn a_keep_alive_connection_idle_after_a_request_is_cut_off() {
     // hyper's header-read timeout also runs while a kept-alive connection waits for its next
     // request; our own first-request deadline does not cover this case.
-    let mut app = TestApp::spawn(
-        "keepalive",
-        Options {
-            header_read_timeout_ms: 300,
-            ..Options::default()
-        },
+    let mut app = spawn_with_short_header_timeout("keepalive").await;
+    let closed = sent_then_closed(
+        app.addr,
+        b"POST /unknown HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
     )
     .await;
-    let mut stream = tokio::net::TcpStream::connect(app.addr)
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"POST /unknown HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
-        .await
-        .expect("write");
-    let mut buf = Vec::new();
-    let closed = tokio::time::timeout(support::WAIT, stream.read_to_end(&mut buf)).await;
     assert!(
-        closed.is_ok(),
+        closed.is_some(),
         "idle keep-alive connection still open after the header-read timeout"
     );
+    let buf = closed.unwrap_or_default();
     assert!(
         buf.starts_with(b"HTTP/1.1 404"),
         "the request itself was answered first: {:?}",
@@ -586,23 +588,11 @@ async fn many_concurrent_distinct_events_are_all_published() {
 #[tokio::test]
 async fn a_client_that_sends_nothing_or_a_few_bytes_is_cut_off() {
     // hyper-util's protocol detection waits for 24 bytes with no timeout of its own.
-    let mut app = TestApp::spawn(
-        "idle",
-        Options {
-            header_read_timeout_ms: 300,
-            ..Options::default()
-        },
-    )
-    .await;
+    let mut app = spawn_with_short_header_timeout("idle").await;
     for first_bytes in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n"] {
-        let mut stream = tokio::net::TcpStream::connect(app.addr)
-            .await
-            .expect("connect");
-        stream.write_all(first_bytes).await.expect("write");
-        let mut buf = Vec::new();
-        let closed = tokio::time::timeout(support::WAIT, stream.read_to_end(&mut buf)).await;
+        let closed = sent_then_closed(app.addr, first_bytes).await;
         assert!(
-            closed.is_ok(),
+            closed.is_some(),
             "connection that sent {first_bytes:?} still open"
         );
     }
