@@ -599,6 +599,16 @@ mod tests {
         })
     }
 
+    /// The outbox holds exactly one event, with `body`.
+    pub(super) fn assert_only_queued(store: &Store, body: &Bytes) {
+        let pending = store
+            .pending_after(None, 10, |_| false)
+            .expect("read")
+            .events;
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].body, *body);
+    }
+
     #[test]
     fn large_bodies_round_trip_in_chunks() {
         let dir = tempfile::tempdir().expect("tempdir");

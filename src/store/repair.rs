@@ -165,7 +165,7 @@ impl Store {
 mod tests {
     use bytes::Bytes;
 
-    use super::super::tests::{admit_sync, open};
+    use super::super::tests::{admit_sync, assert_only_queued, open};
     use super::super::{Admission, BODY_CHUNK, OutboxDepth, Store};
     use super::*;
     use crate::event::EventId;
@@ -197,12 +197,7 @@ mod tests {
         );
         let fresh = record(&store, "e1");
         assert_ne!(fresh.seq, torn.seq);
-        let pending = store
-            .pending_after(None, 10, |_| false)
-            .expect("read")
-            .events;
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].body, body);
+        assert_only_queued(&store, &body);
         assert_eq!(store.bodies.len(), 1, "the torn admit's body is gone");
         assert_eq!(store.by_seq.len(), 1);
         assert_eq!(store.events_stored.load(Ordering::SeqCst), 1);
@@ -227,12 +222,7 @@ mod tests {
             admit_sync(&store, "e1", &body).expect("retry"),
             Admission::New
         );
-        let pending = store
-            .pending_after(None, 10, |_| false)
-            .expect("read")
-            .events;
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].body, body);
+        assert_only_queued(&store, &body);
         assert_eq!(
             store.outbox_depth(),
             OutboxDepth {
