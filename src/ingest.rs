@@ -18,7 +18,7 @@ use crate::config::{AckMode, Endpoint};
 use crate::confirmations::Confirmations;
 use crate::event::{Envelope, EnvelopeError, EventId};
 use crate::metrics::Metrics;
-use crate::publisher::BrokerStatus;
+use crate::publisher::{BROKER_DOWN_FAIL_FAST, BrokerStatus};
 use crate::signature::{self, SignatureError};
 use crate::store::{Admission, EventKey, EventState, NewEvent, Store, StoreError, unix_ms};
 
@@ -195,17 +195,33 @@ impl Ingest {
         if admission == Admission::Seen(EventState::Published) {
             return Ok(true);
         }
-        // Waiting while the broker is known to be away would only hold the connection: the
-        // event is stored and will be published; 0Gate's retry will find it.
         if watch.is_confirmed() {
             return Ok(duplicate);
         }
-        if !self.broker.is_connected() {
-            return Err(IngestError::BrokerUnavailable);
+        let deadline = tokio::time::Instant::now() + self.confirm_timeout;
+        loop {
+            // Waiting while the broker is known to be away would only hold the connection: the
+            // event is stored and will be published; 0Gate's retry will find it. "Not connected
+            // yet" (just started, reconnecting after a blip) is not "known to be away".
+            let down_for = self.broker.down_for();
+            let grace_left = match down_for {
+                Some(d) if d >= BROKER_DOWN_FAIL_FAST => {
+                    return Err(IngestError::BrokerUnavailable);
+                }
+                Some(d) => Some(BROKER_DOWN_FAIL_FAST - d),
+                None => None,
+            };
+            let check_again = async {
+                match grace_left {
+                    Some(left) => tokio::time::sleep(left).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = watch.confirmed() => return Ok(duplicate),
+                () = tokio::time::sleep_until(deadline) => return Err(IngestError::ConfirmTimeout),
+                () = check_again => {}
+            }
         }
-        tokio::time::timeout(self.confirm_timeout, watch.confirmed())
-            .await
-            .map_err(|_| IngestError::ConfirmTimeout)?;
-        Ok(duplicate)
     }
 }

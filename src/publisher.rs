@@ -48,17 +48,43 @@ const HEALTH_CHECK: Duration = Duration::from_secs(1);
 /// AMQP short strings (routing keys) are at most 255 bytes.
 const MAX_ROUTING_KEY: usize = 255;
 
+/// How long the broker may be away (not yet connected after start, reconnecting, or blocked by
+/// an alarm) before confirmed mode stops waiting for confirms and answers 503 at once. Above a
+/// reconnect after a blip (the first retry comes 100 ms after a loss; a connect takes
+/// milliseconds) and well below 0Gate's 10 s.
+pub const BROKER_DOWN_FAIL_FAST: Duration = Duration::from_secs(2);
+
 /// What the rest of the relay may know about the broker connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BrokerStatus {
     connected: AtomicBool,
+    /// Since when the broker has been away; the relay's start counts as the first such instant.
+    down_since: std::sync::Mutex<Option<Instant>>,
     last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Default for BrokerStatus {
+    fn default() -> Self {
+        Self {
+            connected: AtomicBool::new(false),
+            down_since: std::sync::Mutex::new(Some(Instant::now())),
+            last_error: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 impl BrokerStatus {
     /// True when the connection and the confirm channel are up.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
+    }
+
+    /// How long the broker has been away; `None` while connected.
+    pub fn down_for(&self) -> Option<Duration> {
+        self.down_since
+            .lock()
+            .expect("no panics while holding the lock")
+            .map(|since| since.elapsed())
     }
 
     /// The latest publish or connection failure, for `/outbox`; cleared by nothing, so an
@@ -78,6 +104,18 @@ impl BrokerStatus {
     }
 
     fn set(&self, connected: bool, metrics: &Metrics) {
+        {
+            let mut since = self
+                .down_since
+                .lock()
+                .expect("no panics while holding the lock");
+            match (connected, *since) {
+                (true, _) => *since = None,
+                // Only the transition starts the clock: failed reconnects do not reset it.
+                (false, None) => *since = Some(Instant::now()),
+                (false, Some(_)) => {}
+            }
+        }
         self.connected.store(connected, Ordering::SeqCst);
         metrics.amqp_connected.set(i64::from(connected));
     }
