@@ -63,3 +63,59 @@ async fn a_run_with_failures_logs_one_line_per_request_and_no_secret() {
     assert_eq!(requests[2]["outcome"], "stale_timestamp");
     topology.delete().await;
 }
+
+/// The decimal byte list a `Debug` of `Vec<u8>` or `&[u8]` shows, as lapin logs returned bodies.
+fn as_byte_list(text: &str) -> String {
+    let bytes: Vec<String> = text.bytes().map(|b| b.to_string()).collect();
+    bytes.join(", ")
+}
+
+#[tokio::test]
+async fn a_returned_message_logs_neither_its_body_nor_its_signature() {
+    // An exchange nothing is bound to: every publish comes back as a basic.return.
+    let exchange = unique("logs.unroutable");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options {
+        ack: "durable",
+        ..Options::default()
+    };
+    let config = support::write_config(&options, &exchange, dir.path());
+    let mut relay = RelayProcess::start(&config);
+    let url = format!("http://{}{PATH}", relay.addr);
+    let marker = "BODY_MARKER_never_in_logs";
+    let body = format!(
+        r#"{{"id":"{}","type":"a.b","data":{{"user_reference":"{marker}"}}}}"#,
+        unique("evt")
+    );
+    let sig = sign(SECRET, now(), body.as_bytes());
+    let reply = support::post(
+        &support::http_client(),
+        &url,
+        Bytes::from(body.clone()),
+        Some(&sig),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    // Keep every line: lapin logs the return before our own line about it.
+    let mut text = String::new();
+    while !text.contains("\"result\":\"returned\"") {
+        let line = relay
+            .lines
+            .recv_timeout(support::WAIT)
+            .expect("the relay logs the returned event");
+        text.push_str(&line);
+        text.push('\n');
+    }
+    relay.signal("TERM");
+    assert!(relay.child.0.wait().expect("exit").success());
+    text.extend(relay.lines.iter().map(|line| line + "\n"));
+    let v1 = sig.split("v1=").nth(1).expect("a v1 part");
+    for needle in [
+        marker.to_owned(),
+        as_byte_list(marker),
+        v1.to_owned(),
+        as_byte_list(v1),
+    ] {
+        assert!(!text.contains(&needle), "{needle:?} appears in the log");
+    }
+}
