@@ -45,6 +45,8 @@ const SHUTDOWN_CONFIRM_WAIT: Duration = Duration::from_secs(5);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often an idle publisher checks that its connection still stands, besides lapin's events.
 const HEALTH_CHECK: Duration = Duration::from_secs(1);
+/// The header carrying the event's environment; returns are matched by it and the message_id.
+const ENVIRONMENT_HEADER: &str = "gate-environment";
 /// AMQP short strings (routing keys) are at most 255 bytes.
 const MAX_ROUTING_KEY: usize = 255;
 
@@ -162,37 +164,39 @@ struct Confirmed {
     key: EventKey,
     event_id: String,
     result: PublishResult,
-    /// The `message_id` of a returned message lapin attached to this confirm: not necessarily
-    /// this event's (see [`Returns`]).
-    returned_id: Option<String>,
+    /// The key of a returned message lapin attached to this confirm: not necessarily this
+    /// event's (see [`Returns`]).
+    returned: Option<EventKey>,
     elapsed: Duration,
 }
 
-/// How many returned ids and recently acked events to remember per connection; far above one
-/// window of publishes in flight.
+/// How many returned events and recently acked events to remember per connection; far above
+/// one window of publishes in flight.
 const RETURNS_REMEMBERED: usize = 16_384;
 
-/// `basic.return` frames, matched to events by `message_id`.
+/// `basic.return` frames, matched to events by their full key: the `gate-environment` header
+/// and the `message_id` (the dedupe key is both: one id may be returned in `test` and routed
+/// in `live` in the same window).
 ///
 /// lapin hands a returned message to whichever confirm it resolves next, and an ack covering
 /// several deliveries resolves them in no fixed order, so the confirm that carries a return is
 /// not necessarily the returned message's own. An event therefore counts as returned when a
-/// return with its id was seen on this connection, whichever confirm carried it; and an event
+/// return with its key was seen on this connection, whichever confirm carried it; and an event
 /// already marked published whose return is settled later is queued again.
 #[derive(Debug, Default)]
 struct Returns {
-    /// Returned ids not yet matched to their own confirm.
-    unmatched: HashSet<String>,
+    /// Returned events not yet matched to their own confirm.
+    unmatched: HashSet<EventKey>,
     /// Events recently marked published, to take back if their return shows up late.
     recent: std::collections::VecDeque<(String, EventKey)>,
 }
 
 impl Returns {
-    fn returned(&mut self, id: String) {
+    fn returned(&mut self, key: EventKey) {
         if self.unmatched.len() >= RETURNS_REMEMBERED {
-            self.unmatched.clear(); // bounded; a forgotten id is at worst a late re-queue missed
+            self.unmatched.clear(); // bounded; a forgotten key is at worst a late re-queue missed
         }
-        self.unmatched.insert(id);
+        self.unmatched.insert(key);
     }
 
     fn acked(&mut self, id: String, key: EventKey) {
@@ -210,13 +214,24 @@ impl Returns {
         let (late, keep): (Vec<_>, Vec<_>) = self
             .recent
             .drain(..)
-            .partition(|(id, _)| self.unmatched.contains(id));
+            .partition(|(_, key)| self.unmatched.contains(key));
         self.recent = keep.into();
-        for (id, _) in &late {
-            self.unmatched.remove(id);
+        for (_, key) in &late {
+            self.unmatched.remove(key);
         }
         late
     }
+}
+
+/// The key of a returned message, from the headers the publisher set on it.
+fn returned_key(ret: &lapin::message::BasicReturnMessage) -> Option<EventKey> {
+    let id = ret.properties.message_id().as_ref()?;
+    let headers = ret.properties.headers().as_ref()?;
+    let environment = match headers.inner().get(ENVIRONMENT_HEADER)? {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        _ => return None,
+    };
+    Some(EventKey::from_parts(&environment, id.as_str()))
 }
 
 #[derive(Debug)]
@@ -500,7 +515,7 @@ impl Publisher {
         }
         let mut headers = FieldTable::default();
         headers.insert(
-            "gate-environment".into(),
+            ENVIRONMENT_HEADER.into(),
             AMQPValue::LongString(record.environment.as_str().into()),
         );
         headers.insert(
@@ -546,19 +561,13 @@ impl Publisher {
         let confirm_timeout = self.config.publish_confirm_timeout;
         let (seq, key, event_id) = (pending.seq, pending.key, pending.record.event_id);
         confirms.spawn(async move {
-            let returned_id = |ret: &lapin::message::BasicReturnMessage| {
-                ret.properties
-                    .message_id()
-                    .as_ref()
-                    .map(|id| id.as_str().to_owned())
-            };
-            let (result, returned_id) = match tokio::time::timeout(confirm_timeout, confirm).await {
+            let (result, returned) = match tokio::time::timeout(confirm_timeout, confirm).await {
                 // The broker acked this delivery; a return attached here may be another's.
                 Ok(Ok(Confirmation::Ack(ret))) => {
-                    (PublishResult::Ack, ret.as_ref().and_then(returned_id))
+                    (PublishResult::Ack, ret.as_ref().and_then(returned_key))
                 }
                 Ok(Ok(Confirmation::Nack(ret))) => {
-                    (PublishResult::Nack, ret.as_ref().and_then(returned_id))
+                    (PublishResult::Nack, ret.as_ref().and_then(returned_key))
                 }
                 Ok(Ok(Confirmation::NotRequested)) => (PublishResult::Nack, None),
                 Ok(Err(_)) => (PublishResult::Error, None),
@@ -569,7 +578,7 @@ impl Publisher {
                 key,
                 event_id,
                 result,
-                returned_id,
+                returned,
                 elapsed: started.elapsed(),
             }
         });
@@ -586,14 +595,13 @@ impl Publisher {
         let mut failures = Failures::default();
         let mut acked = Vec::new();
         for c in &mut settled {
-            if let Some(id) = c.returned_id.take() {
-                returns.returned(id);
+            if let Some(key) = c.returned.take() {
+                returns.returned(key);
             }
         }
         for c in settled {
             in_flight.remove(&c.seq);
-            let result = if c.result == PublishResult::Ack && returns.unmatched.remove(&c.event_id)
-            {
+            let result = if c.result == PublishResult::Ack && returns.unmatched.remove(&c.key) {
                 PublishResult::Returned
             } else {
                 c.result

@@ -96,3 +96,79 @@ async fn unroutable_events_are_never_marked_published_among_routable_ones() {
     assert!(store.outbox_depth().events >= unroutable.len() as u64);
     app.topology.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_in_one_environment_does_not_settle_the_same_id_in_another() {
+    let app = TestApp::spawn(
+        "returns.envs",
+        Options {
+            ack: "durable",
+            live_endpoint: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let t = &app.topology;
+    t.channel
+        .queue_unbind(
+            t.queue.as_str().into(),
+            t.exchange.as_str().into(),
+            "#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("unbind");
+    // Only live events route; the same ids sent to the test endpoint are returned.
+    t.channel
+        .queue_bind(
+            t.queue.as_str().into(),
+            t.exchange.as_str().into(),
+            "live.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    let app = Arc::new(app);
+    let ids: Vec<String> = (0..300).map(|_| unique("evt")).collect();
+    let mut tasks = Vec::new();
+    for id in &ids {
+        for path in [support::PATH, support::LIVE_PATH] {
+            let (app, id) = (Arc::clone(&app), id.clone());
+            tasks.push(tokio::spawn(async move {
+                let body = bytes::Bytes::from(event_body(&id, "a.x"));
+                let sig = support::sign(support::SECRET, support::now(), &body);
+                app.post_raw(path, body, Some(&sig)).await.status
+            }));
+        }
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("join"), 200);
+    }
+    let store = Arc::clone(&app.running.as_ref().expect("running").store);
+    let published = |environment: &str| {
+        let filter = ListFilter {
+            state: Some(EventState::Published),
+            ..ListFilter::default()
+        };
+        let listing = store.list(&filter, None, 10_000).expect("list");
+        listing
+            .events
+            .iter()
+            .filter(|r| r.environment == environment)
+            .count()
+    };
+    support::eventually("every live event is published", || {
+        published("live") == ids.len()
+    })
+    .await;
+    assert_eq!(
+        published("test"),
+        0,
+        "a test event was marked published though it was returned every time"
+    );
+    let in_queue = app.topology.message_ids(Duration::from_millis(500)).await;
+    let unique_in_queue: HashSet<&String> = in_queue.iter().collect();
+    assert_eq!(unique_in_queue.len(), ids.len());
+    app.topology.delete().await;
+}

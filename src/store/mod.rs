@@ -127,10 +127,16 @@ pub struct EventKey(Vec<u8>);
 impl EventKey {
     /// Environment names never contain `\0` (config validates them), so the split is unambiguous.
     pub fn new(environment: &str, id: &EventId) -> Self {
-        let mut key = Vec::with_capacity(environment.len() + 1 + id.as_str().len());
+        Self::from_parts(environment, id.as_str())
+    }
+
+    /// The key of a message as the broker hands it back (its `gate-environment` header and
+    /// `message_id`), unvalidated: only ever compared with keys made by [`EventKey::new`].
+    pub fn from_parts(environment: &str, event_id: &str) -> Self {
+        let mut key = Vec::with_capacity(environment.len() + 1 + event_id.len());
         key.extend_from_slice(environment.as_bytes());
         key.push(0);
-        key.extend_from_slice(id.as_str().as_bytes());
+        key.extend_from_slice(event_id.as_bytes());
         Self(key)
     }
 }

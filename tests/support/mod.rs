@@ -32,6 +32,8 @@ pub const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const SECRET: &str = "whsec_test_0123456789abcdef0123";
 pub const OLD_SECRET: &str = "whsec_test_old_0123456789abcdef";
 pub const PATH: &str = "/webhooks/0gate/test";
+/// The second endpoint's path, with [`Options::live_endpoint`].
+pub const LIVE_PATH: &str = "/webhooks/0gate/live";
 /// Generous bound for anything that should take milliseconds; only reached when a test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -101,6 +103,8 @@ pub struct Options {
     /// `[amqp] ca_path`, for amqps:// through a test TLS terminator.
     pub amqp_ca_path: Option<std::path::PathBuf>,
     pub max_connections: usize,
+    /// A second endpoint, `live` at [`LIVE_PATH`], same secrets, environment `live`.
+    pub live_endpoint: bool,
 }
 
 impl Default for Options {
@@ -119,6 +123,7 @@ impl Default for Options {
             secrets_file: None,
             amqp_ca_path: None,
             max_connections: 1024,
+            live_endpoint: false,
         }
     }
 }
@@ -304,7 +309,15 @@ path = "{PATH}"
 environment = "test"
 {secrets}
 tolerance_secs = 300
+{live}
 "#,
+        live = if options.live_endpoint {
+            format!(
+                "[[endpoint]]\nname = \"live\"\npath = \"{LIVE_PATH}\"\nenvironment = \"live\"\nsecrets = [\"{SECRET}\"]\ntolerance_secs = 300"
+            )
+        } else {
+            String::new()
+        },
         max_body = options.max_body_bytes,
         max_connections = options.max_connections,
         header_timeout = options.header_read_timeout_ms,
