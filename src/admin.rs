@@ -1,5 +1,5 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the inspection API (`/events`,
-//! `/events/{id}`, `/events/{id}/replay`, `/outbox`).
+//! `/events/{id}`, `/events/{id}/replay`, `/events/{id}/drop` (parked events only), `/outbox`).
 //!
 //! Owns: what "ready" means (store open, broker connected with its confirm channel, outbox below
 //! its bound, not draining), refreshing the gauges that are read rather than counted, and the
@@ -21,7 +21,9 @@ use crate::config::Secret;
 use crate::event::EventId;
 use crate::metrics::Metrics;
 use crate::publisher::BrokerStatus;
-use crate::store::{EventKey, EventRecord, EventState, ListFilter, Replay, Store};
+use crate::store::{
+    DropOutcome, EventKey, EventRecord, EventState, ListFilter, Replay, Store, StoreError,
+};
 
 /// Page size when a listing names none, and the most one page may hold.
 const DEFAULT_LIST_LIMIT: usize = 50;
@@ -161,9 +163,11 @@ impl Admin {
         let result = match (method, path) {
             (Method::GET, "/outbox") => Ok(self.outbox()),
             (Method::GET, "/events") => self.list(&query),
-            (Method::POST, _) if rest.ends_with("/replay") => {
-                self.replay(rest.trim_end_matches("/replay"), &query).await
-            }
+            (Method::POST, _) => match rest.split_once('/') {
+                Some((id, "replay")) if !id.is_empty() => self.replay(id, &query).await,
+                Some((id, "drop")) if !id.is_empty() => self.drop_parked(id, &query).await,
+                _ => Err(fail(StatusCode::NOT_FOUND, "not_found")),
+            },
             (Method::GET, _) if !rest.is_empty() && !rest.contains('/') => self.show(rest, &query),
             (_, "/outbox" | "/events") => {
                 Err(fail(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"))
@@ -180,6 +184,7 @@ impl Admin {
             &serde_json::json!({
                 "events": depth.events,
                 "bytes": depth.bytes,
+                "parked": self.store.parked_count(),
                 "oldest_age_seconds": self.store.oldest_pending_age().map_or(0, |age| age.as_secs()),
                 "broker_connected": self.broker.is_connected(),
                 "last_publish_error": self.broker.last_error(),
@@ -233,6 +238,8 @@ impl Admin {
             None => None,
             Some("pending") => Some(EventState::Pending),
             Some("published") => Some(EventState::Published),
+            Some("parked") => Some(EventState::Parked),
+            Some("dropped") => Some(EventState::Dropped),
             Some(_) => return Err(bad("invalid_state")),
         };
         let number = |name: &str| {
@@ -269,9 +276,12 @@ impl Admin {
         if self.draining.load(Ordering::SeqCst) {
             return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "draining"));
         }
-        let outcome = self.store.replay(&key).await.map_err(|e| {
-            tracing::error!(error = %e, "replay failed");
-            fail(StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        let outcome = self.store.replay(&key).await.map_err(|e| match e {
+            StoreError::OutboxFull { .. } => fail(StatusCode::SERVICE_UNAVAILABLE, "outbox_full"),
+            e => {
+                tracing::error!(error = %e, "replay failed");
+                fail(StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
         })?;
         let event_id = percent_decode(raw_id, false).unwrap_or_default();
         match outcome {
@@ -285,6 +295,32 @@ impl Admin {
             }
             Replay::NotFound => Err(fail(StatusCode::NOT_FOUND, "not_found")),
             Replay::BodyPruned => Err(fail(StatusCode::GONE, "body_pruned")),
+            Replay::Corrupt => Err(fail(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_record")),
+        }
+    }
+
+    /// An operator's decision not to deliver a parked event.
+    async fn drop_parked(
+        &self,
+        raw_id: &str,
+        query: &[(String, String)],
+    ) -> Result<Answer, ApiError> {
+        let key = self.key(raw_id, query)?;
+        let outcome = self.store.drop_parked(&key).await.map_err(|e| {
+            tracing::error!(error = %e, "drop failed");
+            fail(StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        })?;
+        let event_id = percent_decode(raw_id, false).unwrap_or_default();
+        match outcome {
+            DropOutcome::Dropped => {
+                tracing::warn!(event_id, "parked event dropped by an operator");
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "status": "dropped", "event_id": event_id }),
+                ))
+            }
+            DropOutcome::NotParked => Err(fail(StatusCode::CONFLICT, "not_parked")),
+            DropOutcome::NotFound => Err(fail(StatusCode::NOT_FOUND, "not_found")),
         }
     }
 
@@ -323,6 +359,9 @@ impl Admin {
         self.metrics
             .outbox_oldest_age
             .set(i64::try_from(oldest_age.as_secs()).unwrap_or(i64::MAX));
+        self.metrics
+            .events_parked
+            .set(i64::try_from(self.store.parked_count()).unwrap_or(i64::MAX));
         self.metrics
             .events_stored
             .set(i64::try_from(self.store.events_stored()).unwrap_or(i64::MAX));

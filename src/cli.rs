@@ -156,7 +156,8 @@ pub enum EventsCommand {
                             gate-relay events list --type gate_session.completed --limit 20\n  \
                             gate-relay events list --before 1200   # the next page")]
     List {
-        /// Only events in this state (`pending`: not yet confirmed by the broker).
+        /// Only events in this state (`pending`: not yet confirmed by the broker; `parked`:
+        /// refused by the broker past the attempt bound, waiting for `replay` or `drop`).
         #[arg(long, value_enum)]
         state: Option<StateFilter>,
         /// Only events of this type, e.g. `gate_session.completed`.
@@ -179,6 +180,18 @@ pub enum EventsCommand {
         after_help = "Examples:\n  gate-relay events replay evt_123\n  gate-relay events replay evt_123 --environment live"
     )]
     Replay {
+        /// The 0Gate event id.
+        id: String,
+        /// The environment (endpoint's `environment`); needed when several exist.
+        #[arg(long, value_name = "ENV")]
+        environment: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Decide not to deliver a parked event (it stays listed as `dropped`).
+    #[command(after_help = "Examples:\n  gate-relay events list --state parked\n  \
+                            gate-relay events drop evt_123 --environment test")]
+    Drop {
         /// The 0Gate event id.
         id: String,
         /// The environment (endpoint's `environment`); needed when several exist.
@@ -219,6 +232,9 @@ pub struct AdminArgs {
 pub enum StateFilter {
     Pending,
     Published,
+    /// Refused by the broker past the attempt bound; waiting for `replay` or `drop`.
+    Parked,
+    Dropped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -507,6 +523,8 @@ fn events(command: EventsCommand) -> ExitCode {
                 state: state.map(|s| match s {
                     StateFilter::Pending => "pending",
                     StateFilter::Published => "published",
+                    StateFilter::Parked => "parked",
+                    StateFilter::Dropped => "dropped",
                 }),
                 event_type,
                 since_ms: since,
@@ -524,6 +542,14 @@ fn events(command: EventsCommand) -> ExitCode {
             admin,
         } => admin_call(&admin, |client| async move {
             let reply = client.replay(&id, environment.as_deref()).await?;
+            Ok((reply.raw, admin_client::format_replayed(&reply.value)))
+        }),
+        EventsCommand::Drop {
+            id,
+            environment,
+            admin,
+        } => admin_call(&admin, |client| async move {
+            let reply = client.drop_parked(&id, environment.as_deref()).await?;
             Ok((reply.raw, admin_client::format_replayed(&reply.value)))
         }),
     }

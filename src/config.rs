@@ -151,6 +151,7 @@ struct RawAmqp {
     connect_timeout_ms: Option<u64>,
     publish_confirm_timeout_ms: Option<u64>,
     reconnect_max_backoff_ms: Option<u64>,
+    park_after_attempts: Option<u64>,
 }
 
 impl std::fmt::Debug for RawAmqp {
@@ -254,6 +255,8 @@ pub struct AmqpConfig {
     /// How long the publisher waits for one confirm before treating the channel as broken.
     pub publish_confirm_timeout: Duration,
     pub reconnect_max_backoff: Duration,
+    /// Refusals (nack, return) or isolated failed publishes after which an event is parked.
+    pub park_after_attempts: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -368,6 +371,10 @@ const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// A confirm this late means a blocked or broken broker; the connection is replaced.
 const DEFAULT_PUBLISH_CONFIRM_TIMEOUT_MS: u64 = 15_000;
 const DEFAULT_RECONNECT_MAX_BACKOFF_MS: u64 = 30_000;
+/// With the refusal backoff (100 ms doubling to `reconnect_max_backoff_ms`, 30 s by default)
+/// twenty attempts span about six minutes: a full queue or a missing binding fixed within
+/// that is delivered without an operator; past it, the event stops holding up the others.
+const DEFAULT_PARK_AFTER_ATTEMPTS: u64 = 20;
 /// Below 0Gate's 10 s wait, so a late confirm becomes our 503 rather than its timeout.
 const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_RETRY_AFTER_SECS: u64 = 5;
@@ -540,6 +547,12 @@ fn validate(
         raw.amqp.reconnect_max_backoff_ms,
         DEFAULT_RECONNECT_MAX_BACKOFF_MS,
         3_600_000,
+    );
+    let park_after_attempts = positive(
+        "amqp.park_after_attempts",
+        raw.amqp.park_after_attempts,
+        DEFAULT_PARK_AFTER_ATTEMPTS,
+        1_000_000,
     );
     let confirm_timeout_ms = positive(
         "delivery.confirm_timeout_ms",
@@ -730,6 +743,7 @@ fn validate(
             connect_timeout: ms(connect_timeout_ms),
             publish_confirm_timeout: ms(publish_confirm_timeout_ms),
             reconnect_max_backoff: ms(reconnect_max_backoff_ms),
+            park_after_attempts: u32::try_from(park_after_attempts).unwrap_or(u32::MAX),
         },
         delivery: DeliveryConfig {
             ack: raw.delivery.ack.unwrap_or(AckMode::Confirmed),

@@ -20,7 +20,7 @@ use crate::event::{Envelope, EnvelopeError, EventId};
 use crate::metrics::Metrics;
 use crate::publisher::{BROKER_DOWN_FAIL_FAST, BrokerStatus};
 use crate::signature::{self, SignatureError};
-use crate::store::{Admission, EventKey, EventState, NewEvent, Store, StoreError, unix_ms};
+use crate::store::{Admission, EventKey, NewEvent, Store, StoreError, unix_ms};
 
 /// One delivery as the transport hands it over.
 #[derive(Debug)]
@@ -192,7 +192,8 @@ impl Ingest {
         let Some(watch) = watch.as_mut() else {
             return Ok(duplicate); // durable mode: flushed is enough
         };
-        if admission == Admission::Seen(EventState::Published) {
+        // Published, or dropped by an operator's decision: nothing more will be confirmed.
+        if matches!(admission, Admission::Seen(state) if state.is_settled()) {
             return Ok(true);
         }
         if watch.is_confirmed() {

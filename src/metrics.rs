@@ -37,6 +37,8 @@ pub struct Metrics {
     pub store_flush: Histogram,
     pub events_stored: IntGauge,
     pub requests_in_flight: IntGauge,
+    pub events_parked: IntGauge,
+    pub events_parked_total: IntCounter,
 }
 
 impl Metrics {
@@ -142,6 +144,16 @@ impl Metrics {
                 "Deliveries being handled now (bounded by server.max_connections).",
             )
             .expect("valid metric"),
+            events_parked: IntGauge::new(
+                "gate_relay_events_parked",
+                "Events the broker refused past the attempt bound, waiting for an operator.",
+            )
+            .expect("valid metric"),
+            events_parked_total: IntCounter::new(
+                "gate_relay_events_parked_total",
+                "Events parked since start.",
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -165,6 +177,8 @@ impl Metrics {
             Box::new(self.store_flush.clone()),
             Box::new(self.events_stored.clone()),
             Box::new(self.requests_in_flight.clone()),
+            Box::new(self.events_parked.clone()),
+            Box::new(self.events_parked_total.clone()),
         ];
         for collector in collectors {
             self.registry

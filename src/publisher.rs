@@ -17,7 +17,7 @@
 //! in-flight confirm, and the outbox already knows exactly what to send again, so a fresh
 //! connection with a rewound cursor is both simpler and easier to reason about.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -35,6 +35,9 @@ use crate::config::AmqpConfig;
 use crate::confirmations::Confirmations;
 use crate::metrics::Metrics;
 use crate::store::{EventKey, Pending, Store, StoreError};
+
+mod retries;
+use retries::{Retries, Verdict};
 
 /// First wait after a failed connect or a refused message; doubles up to the configured cap.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -265,6 +268,10 @@ impl Publisher {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = INITIAL_BACKOFF;
         let mut connected_before = false;
+        let mut retries = Retries::new(
+            self.config.park_after_attempts,
+            self.config.reconnect_max_backoff,
+        );
         while !shutdown.is_cancelled() {
             match self.connect().await {
                 Ok((connection, channel)) => {
@@ -276,7 +283,7 @@ impl Publisher {
                     self.status.set(true, &self.metrics);
                     tracing::info!(url = %self.config.url.redacted(), "broker connected");
                     let outcome = self
-                        .publish_until_failure(&connection, &channel, &shutdown)
+                        .publish_until_failure(&connection, &channel, &shutdown, &mut retries)
                         .await;
                     self.status.set(false, &self.metrics);
                     let _ = tokio::time::timeout(
@@ -390,48 +397,61 @@ impl Publisher {
         })
     }
 
-    /// Returns `Ok` on shutdown, `Err` when the connection must be replaced.
+    /// Returns `Ok` on shutdown, `Err` when the connection must be replaced. Events in flight
+    /// when it fails become suspects in `retries`.
     async fn publish_until_failure(
         &self,
         connection: &Connection,
         channel: &Channel,
         shutdown: &CancellationToken,
+        retries: &mut Retries,
     ) -> Result<(), PublishError> {
-        let mut in_flight: HashSet<u64> = HashSet::new();
-        let mut returns = Returns::default();
-        let mut confirms: JoinSet<Confirmed> = JoinSet::new();
-        // Highest sequence handed to the broker in this pass; `None` starts from the oldest.
-        let mut cursor: Option<u64> = None;
-        // After a refused message, wait before sending it again, doubling while refusals last.
-        let mut retry_at: Option<tokio::time::Instant> = None;
-        let mut refusal_backoff = INITIAL_BACKOFF;
+        let mut session = Session::default();
+        let outcome = self
+            .session_loop(connection, channel, shutdown, retries, &mut session)
+            .await;
+        if outcome.is_err() {
+            let alone = session.in_flight.len() == 1;
+            let now = tokio::time::Instant::now();
+            for (seq, (key, event_id)) in std::mem::take(&mut session.in_flight) {
+                if let Verdict::Park { failures } = retries.unknown(seq, alone, now) {
+                    let reason =
+                        format!("connection lost {failures} times with it alone in flight");
+                    self.park(seq, &key, &event_id, &reason, retries);
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn session_loop(
+        &self,
+        connection: &Connection,
+        channel: &Channel,
+        shutdown: &CancellationToken,
+        retries: &mut Retries,
+        session: &mut Session,
+    ) -> Result<(), PublishError> {
         // lapin reports a dead connection here (auto-recovery is off), even while we are idle.
         let mut events = connection.events_listener();
         let mut health = tokio::time::interval(HEALTH_CHECK);
-
         loop {
-            self.fill_window(channel, &mut cursor, &mut in_flight, &mut confirms)
-                .await?;
+            self.fill_window(channel, session, retries).await?;
+            let next_wake = retries.next_wake(tokio::time::Instant::now());
             let retry_sleep = async {
-                match retry_at {
+                match next_wake {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                Some(done) = confirms.join_next() => {
+                Some(done) = session.confirms.join_next() => {
                     let mut settled = vec![done.expect("confirm tasks do not panic")];
-                    while let Some(more) = confirms.try_join_next() {
+                    while let Some(more) = session.confirms.try_join_next() {
                         settled.push(more.expect("confirm tasks do not panic"));
                     }
-                    let failures = self.settle(settled, &mut in_flight, &mut returns).await?;
-                    if failures.refused && retry_at.is_none() {
-                        retry_at = Some(tokio::time::Instant::now() + refusal_backoff);
-                        refusal_backoff = (refusal_backoff * 2).min(self.config.reconnect_max_backoff);
-                    } else if !failures.refused && failures.acked {
-                        refusal_backoff = INITIAL_BACKOFF;
-                    }
-                    if failures.broken || !connection.status().connected() {
+                    let broken = self.settle(settled, session, retries).await?;
+                    if broken || !connection.status().connected() {
                         return Err(PublishError::ConnectionLost);
                     }
                 }
@@ -452,40 +472,65 @@ impl Publisher {
                     }
                 }
                 () = retry_sleep => {
-                    retry_at = None;
-                    cursor = None; // rewind: send what was refused again
+                    // Step back to the oldest event whose backoff ended; only that range is
+                    // read again, and what is in flight or still waiting is skipped.
+                    if let Some(due) = retries.lowest_due(tokio::time::Instant::now()) {
+                        if session.cursor.is_none_or(|c| due <= c) {
+                            session.cursor = due.checked_sub(1);
+                        }
+                    }
                 }
                 () = shutdown.cancelled() => {
-                    self.drain(confirms, &mut in_flight, &mut returns).await;
+                    self.drain(session, retries).await;
                     return Ok(());
                 }
             }
         }
     }
 
-    /// Publishes outbox events after `cursor` until the window is full or the outbox exhausted.
+    /// Publishes outbox events after the cursor until the window is full or the outbox
+    /// exhausted. While a suspect exists, it goes out alone and nothing else does.
     async fn fill_window(
         &self,
         channel: &Channel,
-        cursor: &mut Option<u64>,
-        in_flight: &mut HashSet<u64>,
-        confirms: &mut JoinSet<Confirmed>,
+        session: &mut Session,
+        retries: &mut Retries,
     ) -> Result<(), PublishError> {
         // An event that committed behind the cursor (out-of-order commits) pulls it back.
         if let Some(lowest) = self.store.take_lowest_admitted() {
-            if cursor.is_some_and(|c| lowest <= c) {
-                *cursor = lowest.checked_sub(1);
+            if session.cursor.is_some_and(|c| lowest <= c) {
+                session.cursor = lowest.checked_sub(1);
             }
         }
-        while in_flight.len() < self.config.max_in_flight {
-            let room = self.config.max_in_flight - in_flight.len();
+        while let Some(suspect) = retries.next_suspect() {
+            if !session.in_flight.is_empty() {
+                return Ok(()); // isolating: wait for what is in flight
+            }
             let batch = self
                 .store
-                .pending_after(*cursor, room, |seq| in_flight.contains(&seq))?;
-            *cursor = batch.last_seq;
+                .pending_after(suspect.checked_sub(1), 1, |_| false)?;
+            match batch.events.into_iter().next() {
+                Some(pending) if pending.seq == suspect => {
+                    let owner = (pending.key.clone(), pending.record.event_id.clone());
+                    session.in_flight.insert(pending.seq, owner);
+                    return self.publish(channel, pending, &mut session.confirms).await;
+                }
+                // Gone from the outbox meanwhile (replayed, or confirmed before the loss).
+                _ => retries.forget(suspect),
+            }
+        }
+        let now = tokio::time::Instant::now();
+        while session.in_flight.len() < self.config.max_in_flight {
+            let room = self.config.max_in_flight - session.in_flight.len();
+            let batch = self.store.pending_after(session.cursor, room, |seq| {
+                session.in_flight.contains_key(&seq) || retries.holds(seq, now)
+            })?;
+            session.cursor = batch.last_seq;
             for pending in batch.events {
-                in_flight.insert(pending.seq);
-                self.publish(channel, pending, confirms).await?;
+                let owner = (pending.key.clone(), pending.record.event_id.clone());
+                session.in_flight.insert(pending.seq, owner);
+                self.publish(channel, pending, &mut session.confirms)
+                    .await?;
             }
             if batch.exhausted {
                 break;
@@ -585,63 +630,66 @@ impl Publisher {
         Ok(())
     }
 
-    /// Records a batch of confirm outcomes; returns what kind of failures it held.
+    /// Records a batch of confirm outcomes; returns whether the connection is suspect (an
+    /// error or a timeout: the outcome is unknown, so it is replaced).
     async fn settle(
         &self,
         mut settled: Vec<Confirmed>,
-        in_flight: &mut HashSet<u64>,
-        returns: &mut Returns,
-    ) -> Result<Failures, PublishError> {
-        let mut failures = Failures::default();
+        session: &mut Session,
+        retries: &mut Retries,
+    ) -> Result<bool, PublishError> {
+        let alone = session.in_flight.len() == 1;
+        let now = tokio::time::Instant::now();
+        let mut broken = false;
         let mut acked = Vec::new();
         for c in &mut settled {
             if let Some(key) = c.returned.take() {
-                returns.returned(key);
+                session.returns.returned(key);
             }
         }
         for c in settled {
-            in_flight.remove(&c.seq);
-            let result = if c.result == PublishResult::Ack && returns.unmatched.remove(&c.key) {
-                PublishResult::Returned
-            } else {
-                c.result
-            };
+            session.in_flight.remove(&c.seq);
+            let result =
+                if c.result == PublishResult::Ack && session.returns.unmatched.remove(&c.key) {
+                    PublishResult::Returned
+                } else {
+                    c.result
+                };
             self.metrics
                 .publishes
                 .with_label_values(&[result.label()])
                 .inc();
-            match result {
-                PublishResult::Ack => {
-                    self.metrics
-                        .publish_confirm
-                        .observe(c.elapsed.as_secs_f64());
-                    returns.acked(c.event_id, c.key.clone());
-                    acked.push((c.seq, c.key));
-                }
-                failed => {
-                    // A refusal (nack, returned) is retried after a backoff on this connection;
-                    // an unknown outcome (error, timeout) replaces the connection.
-                    let refused = matches!(failed, PublishResult::Nack | PublishResult::Returned);
-                    tracing::warn!(
-                        event_id = c.event_id,
-                        result = failed.label(),
-                        refused,
-                        "event not confirmed; will publish again"
-                    );
-                    self.status.record_error(format!(
-                        "{} for event {}",
-                        failed.label(),
-                        c.event_id
-                    ));
-                    if refused {
-                        failures.refused = true;
-                    } else {
-                        failures.broken = true;
-                    }
-                }
+            if result == PublishResult::Ack {
+                self.metrics
+                    .publish_confirm
+                    .observe(c.elapsed.as_secs_f64());
+                retries.forget(c.seq);
+                session.returns.acked(c.event_id, c.key.clone());
+                acked.push((c.seq, c.key));
+                continue;
+            }
+            // A refusal (nack, returned) backs off this event alone; an unknown outcome
+            // (error, timeout) replaces the connection and makes the event a suspect.
+            let refused = matches!(result, PublishResult::Nack | PublishResult::Returned);
+            tracing::warn!(
+                event_id = c.event_id,
+                result = result.label(),
+                refused,
+                "event not confirmed; will publish again"
+            );
+            self.status
+                .record_error(format!("{} for event {}", result.label(), c.event_id));
+            let verdict = if refused {
+                retries.refused(c.seq, now)
+            } else {
+                broken = true;
+                retries.unknown(c.seq, alone, now)
+            };
+            if let Verdict::Park { failures } = verdict {
+                let reason = format!("{} {failures} times", result.label());
+                self.park(c.seq, &c.key, &c.event_id, &reason, retries);
             }
         }
-        failures.acked = !acked.is_empty();
         let marked = self.store.mark_published(&acked);
         // The broker has them whatever the store said, so their waiters may be told.
         for (_, key) in &acked {
@@ -653,7 +701,7 @@ impl Publisher {
             tracing::error!(error = %e, "marking events published failed; publishing them again");
             return Err(e.into());
         }
-        for (event_id, key) in returns.take_late() {
+        for (event_id, key) in session.returns.take_late() {
             tracing::warn!(
                 event_id,
                 "event returned after it was marked published; queued again"
@@ -664,33 +712,45 @@ impl Publisher {
                 .inc();
             self.status
                 .record_error(format!("returned for event {event_id}"));
-            self.store.replay(&key).await?;
-            failures.refused = true;
+            self.store.requeue(&key).await?;
         }
-        Ok(failures)
+        Ok(broken)
+    }
+
+    /// Takes an event the broker keeps refusing out of the outbox, so it holds up nothing.
+    fn park(&self, seq: u64, key: &EventKey, event_id: &str, reason: &str, retries: &mut Retries) {
+        retries.forget(seq);
+        match self.store.park(seq, key, reason) {
+            Ok(true) => {
+                self.metrics.events_parked_total.inc();
+                tracing::error!(
+                    event_id,
+                    reason,
+                    "event parked: the broker keeps refusing it; replay or drop it through the admin API"
+                );
+            }
+            Ok(false) => {}
+            // It stays pending and is tried again: nothing is lost.
+            Err(e) => tracing::error!(event_id, error = %e, "parking an event failed"),
+        }
     }
 
     /// On shutdown: wait (bounded) for confirms already requested.
-    async fn drain(
-        &self,
-        mut confirms: JoinSet<Confirmed>,
-        in_flight: &mut HashSet<u64>,
-        returns: &mut Returns,
-    ) {
-        let waiting = confirms.len();
+    async fn drain(&self, session: &mut Session, retries: &mut Retries) {
+        let waiting = session.confirms.len();
         let deadline = tokio::time::sleep(SHUTDOWN_CONFIRM_WAIT);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                next = confirms.join_next() => match next {
+                next = session.confirms.join_next() => match next {
                     Some(done) => {
                         let done = vec![done.expect("confirm tasks do not panic")];
-                        let _ = self.settle(done, in_flight, returns).await;
+                        let _ = self.settle(done, session, retries).await;
                     }
                     None => break,
                 },
                 () = &mut deadline => {
-                    tracing::warn!(abandoned = confirms.len(), "confirms abandoned at shutdown; they stay pending");
+                    tracing::warn!(abandoned = session.confirms.len(), "confirms abandoned at shutdown; they stay pending");
                     break;
                 }
             }
@@ -699,11 +759,13 @@ impl Publisher {
     }
 }
 
-#[derive(Debug, Default)]
-struct Failures {
-    /// A nack or a returned message: the broker works but refused; retry after a backoff.
-    refused: bool,
-    /// An error or a timeout: the outcome is unknown and the channel suspect; reconnect.
-    broken: bool,
-    acked: bool,
+/// What one connection holds: publishes in flight, their confirms, returns seen, the cursor.
+#[derive(Default)]
+struct Session {
+    /// Outbox sequence → key and event id of every publish awaiting its confirm.
+    in_flight: HashMap<u64, (EventKey, String)>,
+    confirms: JoinSet<Confirmed>,
+    returns: Returns,
+    /// Highest sequence handed to the broker in this pass; `None` starts from the oldest.
+    cursor: Option<u64>,
 }

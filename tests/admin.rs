@@ -2,6 +2,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use http::Method;
 use support::{Options, TestApp, event_body, unique};
 
@@ -112,6 +114,21 @@ async fn an_event_can_be_inspected_listed_and_replayed() {
         Some(id.as_str())
     );
     assert_eq!(again[0].data, body.as_bytes());
+
+    // Only the one path replays: a doubled suffix or a nested id is no replay at all.
+    for path in [
+        format!("/events/{id}/replay/replay"),
+        format!("/events/x/{id}/replay"),
+    ] {
+        let (status, _) = app.admin(Method::POST, &path, None).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    assert!(
+        app.topology
+            .collect(1, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
 
     let (status, outbox) = app.admin(Method::GET, "/outbox", None).await;
     assert_eq!(status, 200);

@@ -204,6 +204,7 @@ pub fn format_outbox(outbox: &OutboxView) -> String {
     let rows = vec![
         vec!["events".to_owned(), outbox.events.to_string()],
         vec!["bytes".to_owned(), outbox.bytes.to_string()],
+        vec!["parked".to_owned(), outbox.parked.to_string()],
         vec![
             "oldest_age".to_owned(),
             format!("{} s", outbox.oldest_age_seconds),
@@ -411,6 +412,7 @@ mod tests {
         let outbox = OutboxView {
             events: 3,
             bytes: 120,
+            parked: 1,
             oldest_age_seconds: 9,
             broker_connected: false,
             last_publish_error: Some("connection refused".into()),
@@ -425,7 +427,7 @@ mod tests {
         let cases = [
             (
                 format_outbox(&outbox),
-                "events              3\nbytes               120\noldest_age          9 s\nbroker              disconnected\nlast_publish_error  connection refused\n",
+                "events              3\nbytes               120\nparked              1\noldest_age          9 s\nbroker              disconnected\nlast_publish_error  connection refused\n",
             ),
             (
                 format_replayed(&Replayed {

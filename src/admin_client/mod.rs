@@ -249,6 +249,9 @@ pub struct Replayed {
 pub struct OutboxView {
     pub events: u64,
     pub bytes: u64,
+    /// Absent from relays older than parking.
+    #[serde(default)]
+    pub parked: u64,
     pub oldest_age_seconds: u64,
     pub broker_connected: bool,
     pub last_publish_error: Option<String>,
@@ -321,6 +324,20 @@ impl AdminClient {
         self.call(
             Method::POST,
             &format!("/events/{}/replay{query}", encode_component(id)),
+        )
+        .await
+    }
+
+    /// Drops a parked event; the answer has the same shape as a replay's.
+    pub async fn drop_parked(
+        &self,
+        id: &str,
+        environment: Option<&str>,
+    ) -> Result<Reply<Replayed>, ClientError> {
+        let query = query(&[("environment", environment.map(str::to_owned))]);
+        self.call(
+            Method::POST,
+            &format!("/events/{}/drop{query}", encode_component(id)),
         )
         .await
     }

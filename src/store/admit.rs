@@ -35,16 +35,8 @@ impl Store {
             // The torn record is gone: this delivery is admitted in its place.
         }
         let size = new.body.len() as u64;
-        let depth = self.outbox_depth();
         // A soft bound: concurrent admits may pass it by a few events, never without limit.
-        if depth.events >= self.max_outbox_events
-            || depth.bytes.saturating_add(size) > self.max_outbox_bytes
-        {
-            return Err(StoreError::OutboxFull {
-                events: depth.events,
-                bytes: depth.bytes,
-            });
-        }
+        self.room_for(size)?;
         let seq = self.db.generate_id()?;
         // Counted before the commit and taken back if nothing was inserted: once committed the
         // publisher may confirm and subtract it at once, and the counters must never go below zero.
@@ -66,6 +58,7 @@ impl Store {
             deliveries: 1,
             request_ids: vec![new.request_id.to_owned()],
             queued_seq: None,
+            parked_reason: None,
         });
         let written = self.write_new(seq, new, &record);
         if !matches!(written, Ok(true)) {

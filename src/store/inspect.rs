@@ -52,6 +52,8 @@ pub enum Replay {
     NotFound,
     /// Its body was pruned after `retain_bodies`.
     BodyPruned,
+    /// The record cannot be read; an operator must look (it is not "not found").
+    Corrupt,
 }
 
 /// How long things are kept.
@@ -126,23 +128,37 @@ impl Store {
     }
 
     /// Queues a stored event for publishing again, bypassing dedupe on purpose; durable when
-    /// it returns.
+    /// it returns. An operator's replay is a new entry like any admit: `OutboxFull` past the
+    /// outbox bounds.
     pub async fn replay(&self, key: &EventKey) -> Result<Replay, StoreError> {
+        self.queue_again(key, true).await
+    }
+
+    /// [`Store::replay`] for the publisher, when a return shows that an event it marked
+    /// published never arrived: beyond the bounds if need be, since refusing would lose it.
+    pub async fn requeue(&self, key: &EventKey) -> Result<Replay, StoreError> {
+        self.queue_again(key, false).await
+    }
+
+    async fn queue_again(&self, key: &EventKey, bounded: bool) -> Result<Replay, StoreError> {
         let outbox_seq = self.db.generate_id()?;
         // A record's size never changes, so it can be read before the transaction and counted
         // first (see admit): once committed, a confirm may subtract it at once.
         let Some(size) = self.record(key)?.map(|r| r.size) else {
             return Ok(Replay::NotFound);
         };
+        if bounded {
+            self.room_for(size)?;
+        }
         self.outbox_events.fetch_add(1, Ordering::SeqCst);
         self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
-        let outcome =
-            (&self.events, &self.outbox, &self.bodies).transaction(|(events, outbox, bodies)| {
+        let outcome = (&self.events, &self.outbox, &self.bodies, &self.parked).transaction(
+            |(events, outbox, bodies, parked)| {
                 let Some(raw) = events.get(&key.0)? else {
                     return Ok(Replay::NotFound);
                 };
                 let Ok(mut record) = serde_json::from_slice::<EventRecord>(&raw) else {
-                    return Ok(Replay::NotFound);
+                    return Ok(Replay::Corrupt);
                 };
                 if record.state == EventState::Pending {
                     return Ok(Replay::AlreadyPending);
@@ -153,10 +169,13 @@ impl Store {
                 record.state = EventState::Pending;
                 record.published_at_ms = None;
                 record.queued_seq = Some(outbox_seq);
+                record.parked_reason = None;
                 events.insert(key.0.as_slice(), encode_record(&record))?;
                 outbox.insert(&outbox_seq.to_be_bytes(), outbox_value(record.size, key))?;
+                parked.remove(key.0.as_slice())?;
                 Ok::<_, ConflictableTransactionError<()>>(Replay::Queued)
-            });
+            },
+        );
         if !matches!(outcome, Ok(Replay::Queued)) {
             self.outbox_events.fetch_sub(1, Ordering::SeqCst);
             self.outbox_bytes.fetch_sub(size, Ordering::SeqCst);
@@ -246,7 +265,8 @@ impl Store {
         Ok(pruned)
     }
 
-    /// Removes the body of a published event; false when it is pending (a replay won the race).
+    /// Removes the body of a published (or dropped) event; false when it is pending (a replay
+    /// won the race) or parked (kept until an operator decides).
     fn prune_body(&self, key: &[u8], seq: u64) -> Result<bool, StoreError> {
         let outcome = (&self.events, &self.bodies).transaction(|(events, bodies)| {
             let Some(raw) = events.get(key)? else {
@@ -255,7 +275,7 @@ impl Store {
             let Ok(record) = serde_json::from_slice::<EventRecord>(&raw) else {
                 return Ok(false);
             };
-            if record.state != EventState::Published {
+            if !record.state.is_settled() {
                 return Ok(false);
             }
             for i in 0..chunk_count(record.size) {
@@ -276,7 +296,7 @@ impl Store {
                 let Ok(record) = serde_json::from_slice::<EventRecord>(&raw) else {
                     return Ok(false);
                 };
-                if record.state != EventState::Published {
+                if !record.state.is_settled() {
                     return Ok(false);
                 }
                 events.remove(key)?;
@@ -367,6 +387,31 @@ mod tests {
             .events;
         let acked: Vec<_> = pending.into_iter().map(|p| (p.seq, p.key)).collect();
         store.mark_published(&acked).expect("mark");
+    }
+
+    #[tokio::test]
+    async fn a_replay_respects_the_outbox_bound_and_a_requeue_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(store(dir.path()));
+        let flusher = tokio::spawn(Arc::clone(&store).run_flusher(
+            CancellationToken::new(),
+            crate::metrics::Metrics::new().store_flush,
+        ));
+        let first = admit(&store, "first", "a", 1);
+        publish_all(&store);
+        for i in 0..100 {
+            admit(&store, &format!("fill{i}"), "a", 2);
+        }
+        assert!(matches!(
+            store.replay(&first).await,
+            Err(StoreError::OutboxFull { .. })
+        ));
+        assert_eq!(
+            store.requeue(&first).await.expect("requeue"),
+            Replay::Queued
+        );
+        assert_eq!(store.outbox_depth().events, 101);
+        flusher.abort();
     }
 
     #[test]

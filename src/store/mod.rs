@@ -53,8 +53,10 @@ use crate::event::EventId;
 mod admit;
 mod flush;
 mod inspect;
+mod park;
 mod repair;
 pub use inspect::{ListFilter, Listing, Pruned, Replay, Retention};
+pub use park::DropOutcome;
 
 /// Bodies are stored in chunks of at most this size, one sled value each.
 pub const BODY_CHUNK: usize = 32 * 1024;
@@ -75,6 +77,11 @@ pub enum EventState {
     Pending,
     /// Confirmed by the broker (`Ack` without a returned message).
     Published,
+    /// Refused by the broker past the attempt bound: out of the outbox, body kept, listed for
+    /// an operator to replay or drop (see `park`). Never discarded silently.
+    Parked,
+    /// A parked event an operator chose not to deliver; its body is pruned like a published one.
+    Dropped,
 }
 
 /// What the relay knows about an event besides its body.
@@ -104,6 +111,16 @@ pub struct EventRecord {
     /// event under a new sequence; its body stays under `seq`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_seq: Option<u64>,
+    /// Why the publisher parked it (state `parked`, or `dropped` after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_reason: Option<String>,
+}
+
+impl EventState {
+    /// Done with: the pruner may take its body, and later its record.
+    pub fn is_settled(self) -> bool {
+        matches!(self, Self::Published | Self::Dropped)
+    }
 }
 
 impl EventRecord {
@@ -217,6 +234,9 @@ pub struct Store {
     bodies: sled::Tree,
     /// Arrival order over all records: sequence → event key. Listing and pruning walk it.
     by_seq: sled::Tree,
+    /// Parked events: event key → nothing. Small (an operator clears it), so its length is the
+    /// parked gauge.
+    parked: sled::Tree,
     path: PathBuf,
     max_outbox_events: u64,
     max_outbox_bytes: u64,
@@ -325,6 +345,7 @@ impl Store {
             outbox: db.open_tree("outbox")?,
             bodies: db.open_tree("bodies")?,
             by_seq: db.open_tree("by_seq")?,
+            parked: db.open_tree("parked")?,
             db,
             path: config.path.clone(),
             max_outbox_events: config.max_outbox_events,
@@ -363,6 +384,20 @@ impl Store {
     /// False once the flusher has stopped (shutdown or a failed flush): nothing new is durable.
     pub fn is_writable(&self) -> bool {
         !self.flushed.borrow().stopped
+    }
+
+    /// `OutboxFull` unless one more entry of `size` bytes fits the outbox bounds.
+    fn room_for(&self, size: u64) -> Result<(), StoreError> {
+        let depth = self.outbox_depth();
+        if depth.events >= self.max_outbox_events
+            || depth.bytes.saturating_add(size) > self.max_outbox_bytes
+        {
+            return Err(StoreError::OutboxFull {
+                events: depth.events,
+                bytes: depth.bytes,
+            });
+        }
+        Ok(())
     }
 
     /// True when a new event would be refused.

@@ -50,8 +50,9 @@ impl Store {
                 Ok(Some(record)) if record.queued_seq() != seq => {
                     (Stale::Superseded, record.seq != seq)
                 }
-                // The body stays for replay until the pruner takes it.
-                Ok(Some(record)) if record.state == EventState::Published => {
+                // The body stays for replay until the pruner takes it. A parked (or dropped)
+                // event left its outbox entry behind the same way.
+                Ok(Some(record)) if record.state != EventState::Pending => {
                     (Stale::Published, false)
                 }
                 // Whole, or unreadable (left for an operator to see in /outbox).
@@ -88,7 +89,9 @@ impl Store {
         mut record: EventRecord,
     ) -> Result<Option<EventState>, StoreError> {
         loop {
-            if record.state == EventState::Published || self.is_queued_whole(&record)? {
+            // Only a pending record belongs in the outbox; published, parked and dropped ones
+            // are out of it on purpose.
+            if record.state != EventState::Pending || self.is_queued_whole(&record)? {
                 return Ok(Some(record.state));
             }
             let Some(raw) = self.events.get(&key.0)? else {

@@ -105,6 +105,8 @@ pub struct Options {
     pub max_connections: usize,
     /// A second endpoint, `live` at [`LIVE_PATH`], same secrets, environment `live`.
     pub live_endpoint: bool,
+    /// `[amqp] park_after_attempts`.
+    pub park_after_attempts: u32,
 }
 
 impl Default for Options {
@@ -124,6 +126,7 @@ impl Default for Options {
             amqp_ca_path: None,
             max_connections: 1024,
             live_endpoint: false,
+            park_after_attempts: 20,
         }
     }
 }
@@ -295,6 +298,7 @@ exchange = "{exchange}"
 connect_timeout_ms = 2000
 publish_confirm_timeout_ms = 3000
 reconnect_max_backoff_ms = 500
+park_after_attempts = {park_after}
 {amqp_ca}
 [delivery]
 ack = "{ack}"
@@ -319,6 +323,7 @@ tolerance_secs = 300
             String::new()
         },
         max_body = options.max_body_bytes,
+        park_after = options.park_after_attempts,
         max_connections = options.max_connections,
         header_timeout = options.header_read_timeout_ms,
         store = store.display(),
