@@ -283,7 +283,7 @@ secrets = ["{SECRET}"]
             consumed.load(Ordering::Relaxed)
         );
     }
-    running.shutdown().await;
+    running.shutdown().await.expect("the store flushed at shutdown");
     channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;

@@ -43,6 +43,10 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(
+        "a store flush failed; events acknowledged since the last good flush may need 0Gate's retry (see the log)"
+    )]
+    FlushFailed,
 }
 
 /// The bound sockets, created before `start` so tests can bind port 0.
@@ -231,8 +235,9 @@ impl Running {
         }
     }
 
-    /// Stops everything in order; returns when the store has been flushed.
-    pub async fn shutdown(self) {
+    /// Stops everything in order; returns when the store has been flushed. `Err` when a flush
+    /// failed, at shutdown or before: the exit code must not say all is well.
+    pub async fn shutdown(self) -> Result<(), AppError> {
         self.draining.store(true, Ordering::SeqCst);
         tracing::info!("shutting down");
         for (name, token, task) in self.tasks {
@@ -242,6 +247,10 @@ impl Running {
             }
             tracing::info!(task = name, "stopped");
         }
+        if self.store.flush_failed() {
+            return Err(AppError::FlushFailed);
+        }
+        Ok(())
     }
 }
 
@@ -269,6 +278,5 @@ pub async fn run(
             },
         }
     }
-    running.shutdown().await;
-    Ok(())
+    running.shutdown().await
 }

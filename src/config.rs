@@ -134,6 +134,7 @@ struct RawStore {
     max_outbox_bytes: Option<u64>,
     retain_bodies: Option<String>,
     retain_events: Option<String>,
+    cache_capacity_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -236,6 +237,8 @@ pub struct StoreConfig {
     pub retain_bodies: Duration,
     /// Dedupe records are kept this long; `None` (the default) keeps them forever.
     pub retain_events: Option<Duration>,
+    /// sled's page cache. Its own default is 1 GiB, twice the shipped pod limit.
+    pub cache_capacity_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -361,6 +364,9 @@ const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// About an hour of traffic at 30 events/s; past it 0Gate retries and we shed load.
 const DEFAULT_MAX_OUTBOX_EVENTS: u64 = 100_000;
 const DEFAULT_MAX_OUTBOX_BYTES: u64 = 1024 * 1024 * 1024;
+/// sled's page cache: recent records and the outbox head stay in memory, and it leaves room for
+/// bodies in flight within the shipped 512 MiB pod limit (README, "Memory").
+pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 /// Long enough for a consumer fix over a long weekend; bounded so disk use is bounded too.
 const DEFAULT_RETAIN_BODIES: &str = "7d";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -522,6 +528,12 @@ fn validate(
         "store.max_outbox_bytes",
         raw.store.max_outbox_bytes,
         DEFAULT_MAX_OUTBOX_BYTES,
+        u64::MAX,
+    );
+    let cache_capacity_bytes = positive(
+        "store.cache_capacity_bytes",
+        raw.store.cache_capacity_bytes,
+        DEFAULT_CACHE_CAPACITY_BYTES,
         u64::MAX,
     );
     let max_in_flight = positive(
@@ -709,6 +721,26 @@ fn validate(
         });
     }
 
+    // The dedupe key is (environment, event id): an endpoint whose secrets differ from another's
+    // in the same environment would let one secret's holder claim the other's event ids.
+    for (i, e) in endpoints.iter().enumerate() {
+        let same_env = endpoints[..i]
+            .iter()
+            .find(|other| other.environment == e.environment);
+        if let Some(other) = same_env {
+            if secret_set(other) != secret_set(e) {
+                problem(
+                    &format!("endpoint[{i}].secrets"),
+                    format!(
+                        "endpoints {:?} and {:?} share environment {:?} with different secrets; \
+                         give each its own environment, or the same secrets",
+                        other.name, e.name, e.environment
+                    ),
+                );
+            }
+        }
+    }
+
     let ms = Duration::from_millis;
     Config {
         server: ServerConfig {
@@ -730,6 +762,7 @@ fn validate(
             max_outbox_bytes,
             retain_bodies,
             retain_events,
+            cache_capacity_bytes,
         },
         amqp: AmqpConfig {
             url: AmqpUrl(url),
@@ -866,6 +899,13 @@ fn endpoint_secrets(
     values.into_iter().map(Secret::new).collect()
 }
 
+/// An endpoint's secrets, order aside.
+fn secret_set(endpoint: &Endpoint) -> Vec<&str> {
+    let mut set: Vec<&str> = endpoint.secrets.iter().map(Secret::expose).collect();
+    set.sort_unstable();
+    set
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -897,6 +937,27 @@ mod tests {
         assert_eq!(c.delivery.confirm_timeout, Duration::from_secs(5));
         assert_eq!(c.endpoints[0].tolerance_secs, 300);
         assert_eq!(c.amqp.routing_key.render("live", "a.b", "ep"), "live.a.b");
+        assert_eq!(c.store.cache_capacity_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.amqp.park_after_attempts, 20);
+    }
+
+    #[test]
+    fn endpoints_sharing_an_environment_must_share_their_secrets() {
+        let second = |secret: &str| {
+            format!(
+                "{MINIMAL}\n[[endpoint]]\nname = \"other\"\npath = \"/other\"\n\
+                 environment = \"live\"\nsecrets = [\"{secret}\"]\n"
+            )
+        };
+        let err = Config::parse(&second("whsec_other_0123456789abcdef"), &no_env)
+            .expect_err("different secrets in one environment");
+        assert!(err.problems[0].contains("endpoint[1].secrets"), "{err}");
+        assert!(
+            !err.to_string().contains("whsec_"),
+            "no secret in the message: {err}"
+        );
+        Config::parse(&second("whsec_live_0123456789abcdef"), &no_env)
+            .expect("the same secrets in one environment are fine");
     }
 
     #[test]

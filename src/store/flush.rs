@@ -104,21 +104,34 @@ impl Store {
             if let Err(e) = flushed {
                 // Waiters get an error (503), readiness turns false; restart to recover.
                 tracing::error!(error = %e, "store flush failed; the store accepts nothing more until restarted");
-                self.flushed.send_modify(|s| s.stopped = true);
+                self.flushed.send_modify(|s| {
+                    s.stopped = true;
+                    s.failed = true;
+                });
                 return;
             }
             self.flushed.send_modify(|s| s.generation = target);
         }
         let target = self.written.load(Ordering::SeqCst);
-        match self.flush_blocking().await {
-            Ok(()) => tracing::info!("store flushed"),
-            Err(e) => tracing::error!(error = %e, "final store flush failed"),
-        }
+        let failed = match self.flush_blocking().await {
+            Ok(()) => {
+                tracing::info!("store flushed");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "final store flush failed");
+                true
+            }
+        };
         // After this nothing more is flushed: later writes (an admin replay racing shutdown)
-        // get an error instead of waiting forever.
+        // get an error instead of waiting forever. A failed final flush leaves the generation
+        // where it was, so nobody waiting is told their write is durable.
         self.flushed.send_modify(|s| {
-            s.generation = target;
+            if !failed {
+                s.generation = target;
+            }
             s.stopped = true;
+            s.failed |= failed;
         });
     }
 

@@ -355,6 +355,7 @@ mod tests {
             max_outbox_bytes: 1 << 20,
             retain_bodies: Duration::from_secs(60),
             retain_events: None,
+            cache_capacity_bytes: crate::config::DEFAULT_CACHE_CAPACITY_BYTES,
         })
         .expect("open")
     }

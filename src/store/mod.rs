@@ -194,6 +194,8 @@ pub struct Pending {
 struct FlushState {
     generation: u64,
     stopped: bool,
+    /// A flush failed: writes since the last good one may not be on disk.
+    failed: bool,
 }
 
 /// What one outbox read found.
@@ -339,6 +341,7 @@ impl Store {
         let db = sled::Config::new()
             .path(&config.path)
             .segment_size(SEGMENT_SIZE)
+            .cache_capacity(config.cache_capacity_bytes)
             .open()?;
         let store = Self {
             events: db.open_tree("events")?,
@@ -379,6 +382,11 @@ impl Store {
             events: self.outbox_events.load(Ordering::SeqCst),
             bytes: self.outbox_bytes.load(Ordering::SeqCst),
         }
+    }
+
+    /// True when a flush failed (while running, or the last one at shutdown).
+    pub fn flush_failed(&self) -> bool {
+        self.flushed.borrow().failed
     }
 
     /// False once the flusher has stopped (shutdown or a failed flush): nothing new is durable.
@@ -601,6 +609,7 @@ mod tests {
             max_outbox_bytes: 1 << 30,
             retain_bodies: Duration::from_secs(60),
             retain_events: None,
+            cache_capacity_bytes: crate::config::DEFAULT_CACHE_CAPACITY_BYTES,
         };
         // sled releases its directory lock only when its last internal reference goes, which
         // can trail the drop of a `Db` by a moment (deferred epoch cleanup on its I/O threads).

@@ -555,7 +555,10 @@ impl TestApp {
 
     pub async fn stop(&mut self) {
         if let Some(running) = self.running.take() {
-            running.shutdown().await;
+            running
+                .shutdown()
+                .await
+                .expect("shutdown flushes the store");
         }
     }
 }
