@@ -283,7 +283,10 @@ secrets = ["{SECRET}"]
             consumed.load(Ordering::Relaxed)
         );
     }
-    running.shutdown().await.expect("the store flushed at shutdown");
+    running
+        .shutdown()
+        .await
+        .expect("the store flushed at shutdown");
     channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;

@@ -239,6 +239,11 @@ pub struct Store {
     /// Parked events: event key → nothing. Small (an operator clears it), so its length is the
     /// parked gauge.
     parked: sled::Tree,
+    /// Settled events by when: `settled_at_ms ++ seq` → event key. The pruner walks it oldest
+    /// first, so pending events never stand in its way.
+    settled: sled::Tree,
+    /// Small bookkeeping values (the pruner's cursor).
+    meta: sled::Tree,
     path: PathBuf,
     max_outbox_events: u64,
     max_outbox_bytes: u64,
@@ -314,6 +319,23 @@ fn chunk_key(seq: u64, chunk: u32) -> [u8; 12] {
     key
 }
 
+/// Key of the `settled` index: time first, so a range up to a cutoff is what is due.
+fn settled_key(settled_at_ms: u64, seq: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&settled_at_ms.to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn parse_settled_key(key: &[u8]) -> Result<(u64, u64), StoreError> {
+    let corrupt = || StoreError::Corrupt("settled index key".to_owned());
+    let (at, seq) = key.split_at_checked(8).ok_or_else(corrupt)?;
+    Ok((
+        u64::from_be_bytes(at.try_into().map_err(|_| corrupt())?),
+        u64::from_be_bytes(seq.try_into().map_err(|_| corrupt())?),
+    ))
+}
+
 fn chunk_count(size: u64) -> u32 {
     let chunk = BODY_CHUNK as u64;
     u32::try_from(size.div_ceil(chunk)).expect("bodies are capped far below 4 billion chunks")
@@ -349,6 +371,8 @@ impl Store {
             bodies: db.open_tree("bodies")?,
             by_seq: db.open_tree("by_seq")?,
             parked: db.open_tree("parked")?,
+            settled: db.open_tree("settled")?,
+            meta: db.open_tree("meta")?,
             db,
             path: config.path.clone(),
             max_outbox_events: config.max_outbox_events,
@@ -559,6 +583,7 @@ impl Store {
             if !self.outbox.contains_key(seq_key)? {
                 continue; // already marked (a republish confirmed twice)
             }
+            let mut body_seq = None;
             self.events.update_and_fetch(&key.0, |old| {
                 let old = old?;
                 let Ok(mut record) = serde_json::from_slice::<EventRecord>(old) else {
@@ -568,9 +593,16 @@ impl Store {
                 if record.queued_seq() == *seq {
                     record.state = EventState::Published;
                     record.published_at_ms = Some(published_at);
+                    body_seq = Some(record.seq);
                 }
                 Some(encode_record(&record))
             })?;
+            // For the pruner; written after the record, so a crash between leaves a published
+            // record it never prunes (kept, not lost).
+            if let Some(body_seq) = body_seq.take() {
+                self.settled
+                    .insert(settled_key(published_at, body_seq), key.0.as_slice())?;
+            }
             // Counted per entry, so an error on a later one leaves the counters right.
             self.dequeue(*seq)?;
         }

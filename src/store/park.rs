@@ -6,7 +6,10 @@
 //! durability, like marking published: a park lost in a crash only means the event is
 //! published (and refused) again before it is parked again.
 
-use super::{EventKey, EventRecord, EventState, Store, StoreError, decode_record, encode_record};
+use super::{
+    EventKey, EventRecord, EventState, Store, StoreError, decode_record, encode_record, now_ms,
+    settled_key,
+};
 
 /// What [`Store::drop_parked`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +69,9 @@ impl Store {
             return Ok(DropOutcome::NotParked);
         }
         self.parked.remove(&key.0)?;
+        // The pruner takes its body after the retention, as for a published event.
+        self.settled
+            .insert(settled_key(now_ms(), record.seq), key.0.as_slice())?;
         self.wait_durable().await?;
         Ok(DropOutcome::Dropped)
     }
