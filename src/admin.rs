@@ -179,9 +179,19 @@ impl Admin {
 
     fn outbox(&self) -> Response<Full<Bytes>> {
         let depth = self.store.outbox_depth();
+        let by_environment: serde_json::Map<String, serde_json::Value> = self
+            .environments
+            .iter()
+            .map(|env| {
+                let d = self.store.outbox_depth_of(env);
+                let value = serde_json::json!({ "events": d.events, "bytes": d.bytes });
+                (env.clone(), value)
+            })
+            .collect();
         json(
             StatusCode::OK,
             &serde_json::json!({
+                "by_environment": by_environment,
                 "events": depth.events,
                 "bytes": depth.bytes,
                 "parked": self.store.parked_count(),
@@ -326,7 +336,12 @@ impl Admin {
 
     fn readiness(&self) -> Response<Full<Bytes>> {
         let broker = self.broker.is_connected();
-        let outbox_below_bound = !self.store.outbox_full();
+        // The bounds are per environment: ready while some environment can still take events,
+        // so one environment's full outbox does not take the relay out of its load balancer.
+        let outbox_below_bound = self
+            .environments
+            .iter()
+            .any(|env| !self.store.outbox_full(env));
         let store_writable = self.store.is_writable();
         let draining = self.draining.load(Ordering::SeqCst);
         let ready = broker && outbox_below_bound && store_writable && !draining;

@@ -36,12 +36,11 @@ impl Store {
         }
         let size = new.body.len() as u64;
         // A soft bound: concurrent admits may pass it by a few events, never without limit.
-        self.room_for(size)?;
+        self.room_for(new.key, size)?;
         let seq = self.db.generate_id()?;
         // Counted before the commit and taken back if nothing was inserted: once committed the
         // publisher may confirm and subtract it at once, and the counters must never go below zero.
-        self.outbox_events.fetch_add(1, Ordering::SeqCst);
-        self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
+        self.count_in(new.key, size);
         let record = encode_record(&EventRecord {
             state: EventState::Pending,
             seq,
@@ -62,8 +61,7 @@ impl Store {
         });
         let written = self.write_new(seq, new, &record);
         if !matches!(written, Ok(true)) {
-            self.outbox_events.fetch_sub(1, Ordering::SeqCst);
-            self.outbox_bytes.fetch_sub(size, Ordering::SeqCst);
+            self.count_out(new.key, size);
         }
         if written? {
             self.events_stored.fetch_add(1, Ordering::SeqCst);

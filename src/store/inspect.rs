@@ -169,10 +169,9 @@ impl Store {
             return Ok(Replay::NotFound);
         };
         if bounded {
-            self.room_for(size)?;
+            self.room_for(key, size)?;
         }
-        self.outbox_events.fetch_add(1, Ordering::SeqCst);
-        self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
+        self.count_in(key, size);
         let outcome = (&self.events, &self.outbox, &self.bodies, &self.parked).transaction(
             |(events, outbox, bodies, parked)| {
                 let Some(raw) = events.get(&key.0)? else {
@@ -198,8 +197,7 @@ impl Store {
             },
         );
         if !matches!(outcome, Ok(Replay::Queued)) {
-            self.outbox_events.fetch_sub(1, Ordering::SeqCst);
-            self.outbox_bytes.fetch_sub(size, Ordering::SeqCst);
+            self.count_out(key, size);
         }
         let replay = committed(outcome)?;
         if replay == Replay::Queued {

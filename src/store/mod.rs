@@ -143,6 +143,11 @@ pub struct EventKey(Vec<u8>);
 
 impl EventKey {
     /// Environment names never contain `\0` (config validates them), so the split is unambiguous.
+    /// The environment part of the key.
+    pub fn environment(&self) -> &[u8] {
+        self.0.split(|b| *b == 0).next().unwrap_or(&[])
+    }
+
     pub fn new(environment: &str, id: &EventId) -> Self {
         Self::from_parts(environment, id.as_str())
     }
@@ -249,6 +254,9 @@ pub struct Store {
     max_outbox_bytes: u64,
     outbox_events: AtomicU64,
     outbox_bytes: AtomicU64,
+    /// The same depth per environment (key: the environment's bytes): the outbox bounds apply
+    /// to each environment alone, so one environment's backlog never refuses another's events.
+    depth_by_env: Mutex<HashMap<Vec<u8>, OutboxDepth>>,
     events_stored: AtomicU64,
     /// Generation requested by the newest write; the flusher covers it on its next round.
     written: AtomicU64,
@@ -379,6 +387,7 @@ impl Store {
             max_outbox_bytes: config.max_outbox_bytes,
             outbox_events: AtomicU64::new(0),
             outbox_bytes: AtomicU64::new(0),
+            depth_by_env: Mutex::new(HashMap::new()),
             events_stored: AtomicU64::new(0),
             written: AtomicU64::new(0),
             wake_flusher: Notify::new(),
@@ -389,9 +398,7 @@ impl Store {
             admit_locks: (0..ADMIT_STRIPES).map(|_| Mutex::new(())).collect(),
             admit_hasher: std::hash::RandomState::new(),
         };
-        let depth = store.remove_stale_outbox_entries()?;
-        store.outbox_events.store(depth.events, Ordering::SeqCst);
-        store.outbox_bytes.store(depth.bytes, Ordering::SeqCst);
+        store.remove_stale_outbox_entries()?;
         // One pass over the records at start; after that the count is kept in memory.
         store
             .events_stored
@@ -418,9 +425,10 @@ impl Store {
         !self.flushed.borrow().stopped
     }
 
-    /// `OutboxFull` unless one more entry of `size` bytes fits the outbox bounds.
-    fn room_for(&self, size: u64) -> Result<(), StoreError> {
-        let depth = self.outbox_depth();
+    /// `OutboxFull` unless one more entry of `size` bytes for `key`'s environment fits the
+    /// outbox bounds, which apply to each environment alone.
+    fn room_for(&self, key: &EventKey, size: u64) -> Result<(), StoreError> {
+        let depth = self.depth_of(key.environment());
         if depth.events >= self.max_outbox_events
             || depth.bytes.saturating_add(size) > self.max_outbox_bytes
         {
@@ -432,10 +440,60 @@ impl Store {
         Ok(())
     }
 
-    /// True when a new event would be refused.
-    pub fn outbox_full(&self) -> bool {
-        let depth = self.outbox_depth();
+    /// True when a new event of `environment` would be refused.
+    pub fn outbox_full(&self, environment: &str) -> bool {
+        let depth = self.depth_of(environment.as_bytes());
         depth.events >= self.max_outbox_events || depth.bytes >= self.max_outbox_bytes
+    }
+
+    /// The outbox depth of one environment.
+    pub fn outbox_depth_of(&self, environment: &str) -> OutboxDepth {
+        self.depth_of(environment.as_bytes())
+    }
+
+    fn depth_of(&self, environment: &[u8]) -> OutboxDepth {
+        self.depth_by_env
+            .lock()
+            .expect("no panics while holding the lock")
+            .get(environment)
+            .copied()
+            .unwrap_or(OutboxDepth {
+                events: 0,
+                bytes: 0,
+            })
+    }
+
+    /// Counts an outbox entry of `size` bytes in, in total and for its environment. Counted
+    /// before its commit (see `admit`), taken back with [`Store::count_out`] if nothing was
+    /// written.
+    fn count_in(&self, key: &EventKey, size: u64) {
+        self.outbox_events.fetch_add(1, Ordering::SeqCst);
+        self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
+        let mut by_env = self
+            .depth_by_env
+            .lock()
+            .expect("no panics while holding the lock");
+        let depth = by_env
+            .entry(key.environment().to_vec())
+            .or_insert(OutboxDepth {
+                events: 0,
+                bytes: 0,
+            });
+        depth.events += 1;
+        depth.bytes += size;
+    }
+
+    fn count_out(&self, key: &EventKey, size: u64) {
+        self.outbox_events.fetch_sub(1, Ordering::SeqCst);
+        self.outbox_bytes.fetch_sub(size, Ordering::SeqCst);
+        let mut by_env = self
+            .depth_by_env
+            .lock()
+            .expect("no panics while holding the lock");
+        if let Some(depth) = by_env.get_mut(key.environment()) {
+            depth.events = depth.events.saturating_sub(1);
+            depth.bytes = depth.bytes.saturating_sub(size);
+        }
     }
 
     /// How long the oldest outbox event has waited; `None` when the outbox is empty.
@@ -613,9 +671,10 @@ impl Store {
     fn dequeue(&self, seq: u64) -> Result<(), StoreError> {
         let seq_key = seq.to_be_bytes();
         if let Some(entry) = self.outbox.remove(seq_key)? {
-            let size = parse_outbox_entry(&seq_key, &entry).map_or(0, |(_, size, _)| size);
-            self.outbox_events.fetch_sub(1, Ordering::SeqCst);
-            self.outbox_bytes.fetch_sub(size, Ordering::SeqCst);
+            // An entry that does not parse was never counted in (open fails on it).
+            if let Ok((_, size, key)) = parse_outbox_entry(&seq_key, &entry) {
+                self.count_out(&key, size);
+            }
         }
         Ok(())
     }

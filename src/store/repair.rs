@@ -15,8 +15,8 @@
 use std::sync::atomic::Ordering;
 
 use super::{
-    EventKey, EventRecord, EventState, OutboxDepth, Store, StoreError, chunk_count, chunk_key,
-    decode_record, parse_outbox_entry,
+    EventKey, EventRecord, EventState, Store, StoreError, chunk_count, chunk_key, decode_record,
+    parse_outbox_entry,
 };
 
 /// Why an outbox entry is not worth keeping.
@@ -33,14 +33,10 @@ enum Stale {
 
 impl Store {
     /// Removes outbox entries that would publish nothing or publish again what the broker
-    /// already confirmed, and returns the depth of what stays. Runs in `open`, before any
-    /// reader or writer.
-    pub(super) fn remove_stale_outbox_entries(&self) -> Result<OutboxDepth, StoreError> {
+    /// already confirmed, and counts what stays into the outbox depths. Runs in `open`, before
+    /// any reader or writer.
+    pub(super) fn remove_stale_outbox_entries(&self) -> Result<(), StoreError> {
         let mut stale = Vec::new();
-        let mut kept = OutboxDepth {
-            events: 0,
-            bytes: 0,
-        };
         for entry in self.outbox.iter() {
             let (k, v) = entry?;
             let (seq, size, key) = parse_outbox_entry(&k, &v)?;
@@ -57,8 +53,7 @@ impl Store {
                 }
                 // Whole, or unreadable (left for an operator to see in /outbox).
                 Ok(Some(_)) | Err(_) => {
-                    kept.events += 1;
-                    kept.bytes += size;
+                    self.count_in(&key, size);
                     continue;
                 }
             };
@@ -72,7 +67,7 @@ impl Store {
             }
             tracing::warn!(seq, reason = ?why, "removed a stale outbox entry left by a crash");
         }
-        Ok(kept)
+        Ok(())
     }
 
     /// For a delivery of an id already recorded: the record's state, or `None` when the record
