@@ -386,7 +386,7 @@ const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_RETRY_AFTER_SECS: u64 = 5;
 const DEFAULT_TOLERANCE_SECS: u64 = 300;
 /// AMQP short strings (exchange names, routing keys) are at most 255 bytes.
-const AMQP_SHORT_STRING: usize = 255;
+pub const AMQP_SHORT_STRING: usize = 255;
 
 impl Config {
     /// Parses and validates `text`; `env` looks up environment variables (for `secrets_env`).

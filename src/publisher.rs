@@ -31,7 +31,7 @@ use lapin::{
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AmqpConfig;
+use crate::config::{AMQP_SHORT_STRING, AmqpConfig};
 use crate::confirmations::Confirmations;
 use crate::metrics::Metrics;
 use crate::store::{EventKey, Pending, Store, StoreError};
@@ -46,12 +46,14 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const SHUTDOWN_CONFIRM_WAIT: Duration = Duration::from_secs(5);
 /// Closing politely must not hold up shutdown when the broker is gone.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Handing one message to lapin (its frames to the socket buffer) takes microseconds; a send
+/// that blocks this long means the link stopped passing bytes (a blackholed broker), so the
+/// connection is replaced.
+const PUBLISH_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an idle publisher checks that its connection still stands, besides lapin's events.
 const HEALTH_CHECK: Duration = Duration::from_secs(1);
 /// The header carrying the event's environment; returns are matched by it and the message_id.
 const ENVIRONMENT_HEADER: &str = "gate-environment";
-/// AMQP short strings (routing keys) are at most 255 bytes.
-const MAX_ROUTING_KEY: usize = 255;
 
 /// How long the broker may be away (not yet connected after start, reconnecting, or blocked by
 /// an alarm) before confirmed mode stops waiting for confirms and answers 503 at once. Above a
@@ -551,8 +553,8 @@ impl Publisher {
             &record.event_type,
             &record.endpoint,
         );
-        if routing_key.len() > MAX_ROUTING_KEY {
-            let mut end = MAX_ROUTING_KEY;
+        if routing_key.len() > AMQP_SHORT_STRING {
+            let mut end = AMQP_SHORT_STRING;
             while !routing_key.is_char_boundary(end) {
                 end -= 1;
             }
@@ -576,7 +578,7 @@ impl Publisher {
             AMQPValue::LongString(record.request_id.as_str().into()),
         );
         headers.insert(
-            "Gate-Signature".into(),
+            crate::signature::HEADER.into(),
             AMQPValue::LongString(record.signature.as_str().into()),
         );
         let properties = BasicProperties::default()
@@ -589,7 +591,7 @@ impl Publisher {
             .with_headers(headers);
         let started = Instant::now();
         let confirm = tokio::time::timeout(
-            self.config.connect_timeout,
+            PUBLISH_SEND_TIMEOUT,
             channel.basic_publish(
                 self.config.exchange.as_str().into(),
                 routing_key.as_str().into(),
@@ -602,7 +604,7 @@ impl Publisher {
             ),
         )
         .await
-        .map_err(|_| PublishError::Timeout(self.config.connect_timeout))??;
+        .map_err(|_| PublishError::Timeout(PUBLISH_SEND_TIMEOUT))??;
         let confirm_timeout = self.config.publish_confirm_timeout;
         let (seq, key, event_id) = (pending.seq, pending.key, pending.record.event_id);
         confirms.spawn(async move {

@@ -164,7 +164,7 @@ impl Store {
         }
         let updated = self.events.update_and_fetch(&new.key.0, |old| {
             let old = old?;
-            let Ok(mut record) = serde_json::from_slice::<EventRecord>(old) else {
+            let Ok(mut record) = decode_record(old) else {
                 return Some(old.to_vec()); // leave an unreadable record as it is; decoding reports it
             };
             record.deliveries += 1;

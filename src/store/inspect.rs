@@ -177,7 +177,7 @@ impl Store {
                 let Some(raw) = events.get(&key.0)? else {
                     return Ok(Replay::NotFound);
                 };
-                let Ok(mut record) = serde_json::from_slice::<EventRecord>(&raw) else {
+                let Ok(mut record) = decode_record(&raw) else {
                     return Ok(Replay::Corrupt);
                 };
                 if record.state == EventState::Pending {
@@ -284,7 +284,7 @@ impl Store {
             let Some(raw) = events.get(key)? else {
                 return Ok(false);
             };
-            let Ok(record) = serde_json::from_slice::<EventRecord>(&raw) else {
+            let Ok(record) = decode_record(&raw) else {
                 return Ok(false);
             };
             if !settled_before(&record, seq, cutoff) {
@@ -309,7 +309,7 @@ impl Store {
                 let Some(raw) = events.get(key)? else {
                     return Ok(false);
                 };
-                let Ok(record) = serde_json::from_slice::<EventRecord>(&raw) else {
+                let Ok(record) = decode_record(&raw) else {
                     return Ok(false);
                 };
                 if !settled_before(&record, seq, cutoff) {

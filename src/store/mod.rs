@@ -644,7 +644,7 @@ impl Store {
             let mut body_seq = None;
             self.events.update_and_fetch(&key.0, |old| {
                 let old = old?;
-                let Ok(mut record) = serde_json::from_slice::<EventRecord>(old) else {
+                let Ok(mut record) = decode_record(old) else {
                     return Some(old.to_vec());
                 };
                 // A stale entry's confirm says nothing about the queueing that superseded it.

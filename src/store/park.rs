@@ -7,8 +7,7 @@
 //! published (and refused) again before it is parked again.
 
 use super::{
-    EventKey, EventRecord, EventState, Store, StoreError, decode_record, encode_record, now_ms,
-    settled_key,
+    EventKey, EventState, Store, StoreError, decode_record, encode_record, now_ms, settled_key,
 };
 
 /// What [`Store::drop_parked`] did.
@@ -33,7 +32,7 @@ impl Store {
         // record with its outbox entry, which the next start removes.
         self.events.update_and_fetch(&key.0, |old| {
             let old = old?;
-            let Ok(mut record) = serde_json::from_slice::<EventRecord>(old) else {
+            let Ok(mut record) = decode_record(old) else {
                 return Some(old.to_vec());
             };
             parked = record.queued_seq() == seq && record.state == EventState::Pending;
