@@ -227,6 +227,9 @@ pub struct Store {
     /// Blob files already fsynced, with their length then, so each round syncs only new or
     /// grown ones.
     synced_blobs: Mutex<HashMap<std::ffi::OsString, u64>>,
+    /// The store directory's entries as last fsynced: a round fsyncs the directory again only
+    /// when sled has created, renamed or removed a file (snapshots) since.
+    synced_names: Mutex<Vec<std::ffi::OsString>>,
     /// Wakes the publisher when the outbox gains an event.
     outbox_grew: Notify,
     /// Lowest sequence admitted since the publisher last asked. Sequences are drawn before the
@@ -330,6 +333,7 @@ impl Store {
             wake_flusher: Notify::new(),
             flushed: watch::Sender::new(FlushState::default()),
             synced_blobs: Mutex::new(HashMap::new()),
+            synced_names: Mutex::new(Vec::new()),
             outbox_grew: Notify::new(),
             lowest_admitted: AtomicU64::new(u64::MAX),
             admit_locks: (0..ADMIT_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -342,8 +346,11 @@ impl Store {
         store
             .events_stored
             .store(store.events.len() as u64, Ordering::SeqCst);
-        // The directory entries of files sled just created must survive a power cut too.
+        // The files sled just created, and their names, must survive a power cut too (on a
+        // filesystem that makes a name durable only with its directory, an unsynced store
+        // directory vanishes whole, and the relay would start on an empty store).
         store.sync_all()?;
+        store.sync_layout()?;
         Ok(store)
     }
 
