@@ -142,6 +142,24 @@ fn write_config(
     path
 }
 
+/// The value of `gate_relay_store_recreated` on the admin listener.
+async fn store_recreated(admin: SocketAddr) -> i64 {
+    let client = support::http_client();
+    let url: http::Uri = format!("http://{admin}/metrics").parse().expect("uri");
+    let response = client.get(url).await.expect("admin answered");
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let text = String::from_utf8(body.to_vec()).expect("utf-8 metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix("gate_relay_store_recreated "))
+        .expect("gate_relay_store_recreated exported")
+        .trim()
+        .parse()
+        .expect("an integer gauge")
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Case {
     ack: &'static str,
@@ -221,6 +239,11 @@ async fn cut_power_and_restart(case: Case) {
     let relay = RelayProcess::start(&config);
     let duplicates = assert_all_delivered(&topology, &acked).await;
     assert_outbox_drains(relay.admin_addr).await;
+    assert_eq!(
+        store_recreated(relay.admin_addr).await,
+        0,
+        "the relay reports a lost store after the power cut"
+    );
     eprintln!(
         "{case:?}: acknowledged {}, lost 0, duplicates {duplicates}",
         acked.len()
@@ -293,4 +316,42 @@ async fn power_cut_right_after_the_first_start_keeps_a_store_that_opens_on_ext4_
         ..case("durable", Metadata::Ext4Like, true)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_vanished_is_recreated_loudly_not_silently() {
+    let topology = Topology::declare("power.recreated", &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("data");
+    let config = write_config(
+        dir.path(),
+        &store,
+        &topology.exchange,
+        "durable",
+        support::BROKER,
+    );
+    let relay = RelayProcess::start(&config);
+    assert_eq!(
+        store_recreated(relay.admin_addr).await,
+        0,
+        "a first store is no loss"
+    );
+    drop(relay);
+    let relay = RelayProcess::start(&config);
+    assert_eq!(
+        store_recreated(relay.admin_addr).await,
+        0,
+        "a reopened store is no loss"
+    );
+    drop(relay);
+
+    std::fs::remove_dir_all(&store).expect("lose the store");
+    let relay = RelayProcess::start(&config);
+    assert_eq!(
+        store_recreated(relay.admin_addr).await,
+        1,
+        "the loss is exported"
+    );
+    drop(relay);
+    topology.delete().await;
 }

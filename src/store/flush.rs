@@ -53,6 +53,11 @@ impl Store {
             File::open(&blob_dir)?.sync_all()?;
         }
         File::open(&self.path)?.sync_all()?;
+        self.sync_parent()
+    }
+
+    /// Fsyncs the directory holding the store directory (and its marker).
+    pub(super) fn sync_parent(&self) -> Result<(), StoreError> {
         if let Some(parent) = self.path.parent() {
             // A relative path like `data` has the empty parent: the working directory.
             let parent = if parent.as_os_str().is_empty() {

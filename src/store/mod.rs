@@ -37,6 +37,7 @@
 //!   then lose both copies.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -230,6 +231,8 @@ pub struct Store {
     /// The store directory's entries as last fsynced: a round fsyncs the directory again only
     /// when sled has created, renamed or removed a file (snapshots) since.
     synced_names: Mutex<Vec<std::ffi::OsString>>,
+    /// This open created an empty store where its marker said one had existed.
+    recreated: bool,
     /// Wakes the publisher when the outbox gains an event.
     outbox_grew: Notify,
     /// Lowest sequence admitted since the publisher last asked. Sequences are drawn before the
@@ -301,6 +304,16 @@ fn outbox_value(size: u64, key: &EventKey) -> Vec<u8> {
     value
 }
 
+/// A file beside the store directory, created once the first store there is durable: a later
+/// open that finds the marker but no store knows a store was lost or replaced, and says so.
+/// Beside, not inside, because whatever removes or loses the directory takes its contents too.
+fn marker_path(store: &std::path::Path) -> PathBuf {
+    let name = store
+        .file_name()
+        .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
+    store.with_file_name(format!(".{name}.gate-relay-store"))
+}
+
 fn parse_outbox_entry(k: &[u8], v: &[u8]) -> Result<(u64, u64, EventKey), StoreError> {
     let corrupt = || StoreError::Corrupt("outbox entry".to_owned());
     let seq = u64::from_be_bytes(k.try_into().map_err(|_| corrupt())?);
@@ -312,6 +325,17 @@ fn parse_outbox_entry(k: &[u8], v: &[u8]) -> Result<(u64, u64, EventKey), StoreE
 impl Store {
     /// Opens (or creates) the store and rebuilds the outbox counters.
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        // sled writes `conf` when it creates a store: without it, this open starts empty.
+        let creating = !config.path.join("conf").exists();
+        let marker = marker_path(&config.path);
+        let recreated = creating && marker.exists();
+        if recreated {
+            tracing::error!(
+                path = %config.path.display(),
+                marker = %marker.display(),
+                "store missing where one existed; starting an empty store (events it held are lost)"
+            );
+        }
         std::fs::create_dir_all(&config.path)?;
         let db = sled::Config::new()
             .path(&config.path)
@@ -334,6 +358,7 @@ impl Store {
             flushed: watch::Sender::new(FlushState::default()),
             synced_blobs: Mutex::new(HashMap::new()),
             synced_names: Mutex::new(Vec::new()),
+            recreated,
             outbox_grew: Notify::new(),
             lowest_admitted: AtomicU64::new(u64::MAX),
             admit_locks: (0..ADMIT_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -351,7 +376,18 @@ impl Store {
         // directory vanishes whole, and the relay would start on an empty store).
         store.sync_all()?;
         store.sync_layout()?;
+        if !marker.exists() {
+            // Written after the store is durable, and made durable with its directory, so a
+            // marker never outlives a store that never existed.
+            File::create(&marker)?.sync_all()?;
+            store.sync_parent()?;
+        }
         Ok(store)
+    }
+
+    /// True when this open created an empty store where one had existed (see [`marker_path`]).
+    pub fn recreated(&self) -> bool {
+        self.recreated
     }
 
     pub fn outbox_depth(&self) -> OutboxDepth {
