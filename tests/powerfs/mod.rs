@@ -77,7 +77,13 @@ struct State {
     next_ino: u64,
     model: Metadata,
     cut: bool,
+    /// Writes into a fsynced region more than [`REUSE_DISTANCE`] below a file's end: a log
+    /// reusing space (sled recycling a segment) rather than appending.
+    reuse_writes: u64,
 }
+
+/// Farther below a file's end than one sled segment (8 MiB): not the tail being appended.
+pub const REUSE_DISTANCE: usize = 8 << 20;
 
 /// The filesystem handle shared between the FUSE session and the test.
 #[derive(Clone)]
@@ -133,6 +139,7 @@ impl PowerFs {
                 next_ino,
                 model,
                 cut: false,
+                reuse_writes: 0,
             })),
         }
     }
@@ -184,6 +191,11 @@ impl PowerFs {
             nodes.insert(ino, node);
         }
         Image { nodes }
+    }
+
+    /// How many writes landed in fsynced space far below a file's end (see [`REUSE_DISTANCE`]).
+    pub fn reuse_writes(&self) -> u64 {
+        self.state.lock().expect("lock").reuse_writes
     }
 
     /// Mounts at `mountpoint` on a background thread; the guard unmounts when dropped.
@@ -566,11 +578,15 @@ impl Filesystem for PowerFs {
             };
             let start = usize::try_from(offset).map_err(|_| Errno::EFBIG)?;
             let end = start + data.len();
+            let reused = start + REUSE_DISTANCE < f.durable.len();
             if f.current.len() < end {
                 f.current.resize(end, 0);
             }
             f.current[start..end].copy_from_slice(data);
             mark(f, start, end);
+            if reused {
+                s.reuse_writes += 1;
+            }
             Ok(data.len() as u32)
         });
         match result {
