@@ -101,6 +101,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppE
         .map_err(|_| StoreError::Closed)??;
     let store = Arc::new(store);
     let metrics = Metrics::new();
+    metrics.store_recreated.set(i64::from(store.recreated()));
     let broker = Arc::new(BrokerStatus::default());
     let confirmations = Arc::new(Confirmations::default());
     let draining = Arc::new(AtomicBool::new(false));

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub store_size: IntGauge,
     pub store_flush: Histogram,
     pub events_stored: IntGauge,
+    /// 1 when this start created an empty store where one had existed (its marker survived).
+    pub store_recreated: IntGauge,
     pub requests_in_flight: IntGauge,
     pub events_parked: IntGauge,
     pub events_parked_total: IntCounter,
@@ -139,6 +141,11 @@ impl Metrics {
                 "Dedupe records held (pending and published).",
             )
             .expect("valid metric"),
+            store_recreated: IntGauge::new(
+                "gate_relay_store_recreated",
+                "1 when this start found the store missing but its marker present: a store was lost.",
+            )
+            .expect("valid metric"),
             requests_in_flight: IntGauge::new(
                 "gate_relay_requests_in_flight",
                 "Deliveries being handled now (bounded by server.max_connections).",
@@ -176,6 +183,7 @@ impl Metrics {
             Box::new(self.store_size.clone()),
             Box::new(self.store_flush.clone()),
             Box::new(self.events_stored.clone()),
+            Box::new(self.store_recreated.clone()),
             Box::new(self.requests_in_flight.clone()),
             Box::new(self.events_parked.clone()),
             Box::new(self.events_parked_total.clone()),

@@ -38,6 +38,54 @@ impl Store {
         self.db.flush()?;
         self.sync_new_blobs()?;
         File::open(self.path.join("db"))?.sync_all()?;
+        self.sync_dir_if_changed()?;
+        Ok(())
+    }
+
+    /// Once, after open: fsyncs what sled writes without fsync and the directories holding
+    /// the store. sled writes `conf` without fsync, and a torn (zeroed) `conf` makes every
+    /// later open fail with `Corruption`; `blobs/`, the store directory and its parent hold
+    /// the names of everything else.
+    pub(super) fn sync_layout(&self) -> Result<(), StoreError> {
+        File::open(self.path.join("conf"))?.sync_all()?;
+        let blob_dir = self.path.join("blobs");
+        if blob_dir.is_dir() {
+            File::open(&blob_dir)?.sync_all()?;
+        }
+        File::open(&self.path)?.sync_all()?;
+        self.sync_parent()
+    }
+
+    /// Fsyncs the directory holding the store directory (and its marker).
+    pub(super) fn sync_parent(&self) -> Result<(), StoreError> {
+        if let Some(parent) = self.path.parent() {
+            // A relative path like `data` has the empty parent: the working directory.
+            let parent = if parent.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                parent
+            };
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Fsyncs the store directory when its entries changed since the last round: sled writes
+    /// a snapshot as `snap.*.generating`, fsyncs it and renames it, and removes old ones; the
+    /// rename is durable only with the directory.
+    fn sync_dir_if_changed(&self) -> Result<(), StoreError> {
+        let mut names = std::fs::read_dir(&self.path)?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, _>>()?;
+        names.sort();
+        let mut synced = self
+            .synced_names
+            .lock()
+            .expect("no panics while holding the lock");
+        if *synced != names {
+            File::open(&self.path)?.sync_all()?;
+            *synced = names;
+        }
         Ok(())
     }
 
