@@ -26,8 +26,10 @@
 #   secrets_file, but one Secret consumed one way keeps the manifests simple.
 # - The dashboard's `builtIn` (annotation) and `definition` (query variables) are not in Grafana's
 #   schema types; Grafana writes both on export and the UI shows `definition`, so they stay.
+# - hadolint DL3006 and DL3022, ignored inline in the Dockerfile: the `FROM builder-${BINARY}`
+#   stage and `COPY --from=prebuilt` (a named build context) are the test-only prebuilt path.
 # - The ServiceMonitor is validated by its CRD schema (npm), not by kubernetes-validate, which
-#   knows only built-in kinds.
+#   knows only built-in kinds; that schema, like every CRD's, allows unknown fields.
 #
 # Not checked here: building and running the image, the compose stack and the pod spec
 # (deploy/test-image.sh, opt-in: it needs podman and several minutes).
