@@ -26,8 +26,9 @@
 #   secrets_file, but one Secret consumed one way keeps the manifests simple.
 # - The dashboard's `builtIn` (annotation) and `definition` (query variables) are not in Grafana's
 #   schema types; Grafana writes both on export and the UI shows `definition`, so they stay.
-# - hadolint DL3006 and DL3022, ignored inline in the Dockerfile: the `FROM builder-${BINARY}`
-#   stage and `COPY --from=prebuilt` (a named build context) are the test-only prebuilt path.
+# - hadolint DL3006 and DL3022 and checkov CKV_DOCKER_7, ignored inline in the Dockerfile: the
+#   `FROM builder-${BINARY}` stage and `COPY --from=prebuilt` (a named build context) are the
+#   test-only prebuilt path, not images.
 # - The ServiceMonitor is validated by its CRD schema (npm), not by kubernetes-validate, which
 #   knows only built-in kinds; that schema, like every CRD's, allows unknown fields.
 #
