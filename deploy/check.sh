@@ -15,7 +15,8 @@
 # (kustomize, then kubernetes-validate --strict, the ServiceMonitor against its CRD schema); the
 # compose file (compose spec) and its Prometheus config (promtool check config); the systemd unit
 # (systemd-analyze verify and an exposure threshold); the RabbitMQ definitions (imported into a
-# throwaway vhost, when rabbitmqctl reaches a node, and the compose copy matches); the linters
+# throwaway vhost, when rabbitmqctl reaches a node; the compose copy matches and boots a throwaway
+# node of the local RabbitMQ with its users, queues and passwords); the linters
 # hadolint and shellcheck; checkov's policies.
 #
 # Deliberate exceptions, each with its reason:
@@ -40,7 +41,12 @@ cd "$(dirname "$0")/.."
 started=$SECONDS
 work=$(mktemp -d)
 vhost=""
+node=""
 cleanup() {
+  if [ -n "$node" ]; then
+    rabbitmqctl -n "$node" -q stop >/dev/null 2>&1 ||
+      { [ -s "$work/node/pid" ] && kill "$(cat "$work/node/pid")" 2>/dev/null; } || true
+  fi
   if [ -n "$vhost" ]; then
     rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
   fi
@@ -400,6 +406,43 @@ PY
   rabbitmqctl -q delete_vhost "$vhost"
   vhost=""
   echo "throwaway vhost deleted"
+fi
+
+# ---------------------------------------------------------------------------------------------
+step "RabbitMQ: the compose definitions load at boot (load_definitions, one file) on a throwaway node"
+if ! command -v rabbitmqctl >/dev/null 2>&1 || ! id rabbitmq >/dev/null 2>&1; then
+  skip "RabbitMQ is not installed"
+else
+  # A second node of the local RabbitMQ version (Debian's 3.10, the one that refused a
+  # definitions directory), on free ports, its own data dir; stopped and removed at the end.
+  node_dir="$work/node"
+  mkdir -m 0755 "$node_dir"
+  cp deploy/compose/rabbitmq/definitions.json "$node_dir/"
+  port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  dist_port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  printf 'load_definitions = %s/definitions.json\nlisteners.tcp.1 = 127.0.0.1:%s\n' \
+    "$node_dir" "$port" >"$node_dir/rabbitmq.conf"
+  chown -R rabbitmq "$node_dir"
+  chmod 0755 "$work"
+  node="gate-relay-deploy-check-$$@localhost"
+  (cd "$node_dir" && runuser -u rabbitmq -- env RABBITMQ_NODENAME="$node" \
+    RABBITMQ_CONFIG_FILE="$node_dir/rabbitmq.conf" RABBITMQ_MNESIA_BASE="$node_dir/mnesia" \
+    RABBITMQ_LOG_BASE="$node_dir/log" RABBITMQ_DIST_PORT="$dist_port" \
+    RABBITMQ_ENABLED_PLUGINS_FILE="$node_dir/plugins" RABBITMQ_PID_FILE="$node_dir/pid" \
+    /usr/lib/rabbitmq/bin/rabbitmq-server >"$node_dir/server.log" 2>&1 &)
+  timeout 60 rabbitmqctl -n "$node" wait --timeout 50 "$node_dir/pid" >/dev/null 2>&1 ||
+    { tail -n 20 "$node_dir/server.log"; fail "the throwaway node did not boot with the compose definitions"; }
+  users=$(rabbitmqctl -n "$node" -q list_users --no-table-headers | awk '{print $1}' | sort | xargs)
+  queues=$(rabbitmqctl -n "$node" -q list_queues name type --no-table-headers | sort | xargs)
+  [ "$users" = "admin fulfilment gate-relay" ] || fail "users after boot: $users"
+  [ "$queues" = "fulfilment quorum fulfilment-test quorum fulfilment-test.dead-letter quorum fulfilment.dead-letter quorum" ] ||
+    fail "queues after boot: $queues"
+  # The password hashes match the passwords the compose files use.
+  rabbitmqctl -n "$node" -q authenticate_user gate-relay gate-relay-dev-only >/dev/null ||
+    fail "gate-relay's password hash does not match config.toml's password"
+  rabbitmqctl -n "$node" -q stop >/dev/null
+  node=""
+  echo "ok  RabbitMQ $(rabbitmqctl -q version) booted with it: users $users; 4 quorum queues; gate-relay's password matches"
 fi
 
 # ---------------------------------------------------------------------------------------------
