@@ -98,6 +98,9 @@ pub struct Ingest {
     confirm_timeout: Duration,
 }
 
+/// How often a confirmed-mode wait looks at the broker while it is connected.
+const RECHECK_WHILE_CONNECTED: Duration = Duration::from_millis(250);
+
 fn unix_secs(t: SystemTime) -> i64 {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     i64::try_from(secs).unwrap_or(i64::MAX)
@@ -212,12 +215,8 @@ impl Ingest {
                 Some(d) => Some(BROKER_DOWN_FAIL_FAST - d),
                 None => None,
             };
-            let check_again = async {
-                match grace_left {
-                    Some(left) => tokio::time::sleep(left).await,
-                    None => std::future::pending().await,
-                }
-            };
+            // While connected, look again now and then: a loss during the wait starts the clock.
+            let check_again = tokio::time::sleep(grace_left.unwrap_or(RECHECK_WHILE_CONNECTED));
             tokio::select! {
                 () = watch.confirmed() => return Ok(duplicate),
                 () = tokio::time::sleep_until(deadline) => return Err(IngestError::ConfirmTimeout),

@@ -211,6 +211,12 @@ impl Returns {
         self.recent.push_back((id, key));
     }
 
+    /// A late return whose requeue failed: matched again at the next settle.
+    fn retry_late(&mut self, id: String, key: EventKey) {
+        self.unmatched.insert(key.clone());
+        self.recent.push_back((id, key));
+    }
+
     /// Events marked published whose return has since been seen.
     fn take_late(&mut self) -> Vec<(String, EventKey)> {
         if self.unmatched.is_empty() {
@@ -412,11 +418,15 @@ impl Publisher {
         let outcome = self
             .session_loop(connection, channel, shutdown, retries, &mut session)
             .await;
-        if outcome.is_err() {
-            let alone = session.in_flight.len() == 1;
+        if let Err(e) = &outcome {
+            // The broker closed the connection (or lapin saw it fail) with this event alone on
+            // it: the event's fault. A timeout (a link that stopped passing bytes) or a blocked
+            // connection says nothing about the event.
+            let broker_closed = matches!(e, PublishError::Broker(_) | PublishError::ConnectionLost);
             let now = tokio::time::Instant::now();
             for (seq, (key, event_id)) in std::mem::take(&mut session.in_flight) {
-                if let Verdict::Park { failures } = retries.unknown(seq, alone, now) {
+                let counts = broker_closed && session.counts_against(seq);
+                if let Verdict::Park { failures } = retries.unknown(seq, counts, now) {
                     let reason =
                         format!("connection lost {failures} times with it alone in flight");
                     self.park(seq, &key, &event_id, &reason, retries);
@@ -462,6 +472,7 @@ impl Publisher {
                     Some(lapin::Event::Error(e)) => return Err(PublishError::Broker(e)),
                     Some(lapin::Event::ConnectionBlocked(reason)) => {
                         tracing::warn!(%reason, "broker blocked publishing (resource alarm)");
+                        session.blocked = true;
                         self.status.set(false, &self.metrics);
                     }
                     Some(lapin::Event::ConnectionUnblocked) => self.status.set(true, &self.metrics),
@@ -476,8 +487,10 @@ impl Publisher {
                 () = retry_sleep => {
                     // Step back to the oldest event whose backoff ended; only that range is
                     // read again, and what is in flight or still waiting is skipped.
-                    if let Some(due) = retries.lowest_due(tokio::time::Instant::now()) {
-                        if session.cursor.is_none_or(|c| due <= c) {
+                    // (A cursor still at `None` reads from the oldest anyway.)
+                    let due = retries.lowest_due(tokio::time::Instant::now());
+                    if let (Some(due), Some(cursor)) = (due, session.cursor) {
+                        if due <= cursor {
                             session.cursor = due.checked_sub(1);
                         }
                     }
@@ -515,6 +528,7 @@ impl Publisher {
                 Some(pending) if pending.seq == suspect => {
                     let owner = (pending.key.clone(), pending.record.event_id.clone());
                     session.in_flight.insert(pending.seq, owner);
+                    session.isolated = Some(pending.seq);
                     return self.publish(channel, pending, &mut session.confirms).await;
                 }
                 // Gone from the outbox meanwhile (replayed, or confirmed before the loss).
@@ -640,7 +654,6 @@ impl Publisher {
         session: &mut Session,
         retries: &mut Retries,
     ) -> Result<bool, PublishError> {
-        let alone = session.in_flight.len() == 1;
         let now = tokio::time::Instant::now();
         let mut broken = false;
         let mut acked = Vec::new();
@@ -685,11 +698,21 @@ impl Publisher {
                 retries.refused(c.seq, now)
             } else {
                 broken = true;
-                retries.unknown(c.seq, alone, now)
+                // A publish error on a suspect sent alone is its own; a timeout is not.
+                let counts = result == PublishResult::Error && session.counts_against(c.seq);
+                retries.unknown(c.seq, counts, now)
             };
+            if session.isolated == Some(c.seq) {
+                session.isolated = None;
+            }
             if let Verdict::Park { failures } = verdict {
                 let reason = format!("{} {failures} times", result.label());
-                self.park(c.seq, &c.key, &c.event_id, &reason, retries);
+                if !self.park(c.seq, &c.key, &c.event_id, &reason, retries) {
+                    // Still pending: read it again from here.
+                    if session.cursor.is_some_and(|cursor| c.seq <= cursor) {
+                        session.cursor = c.seq.checked_sub(1);
+                    }
+                }
             }
         }
         let marked = self.store.mark_published(&acked);
@@ -714,26 +737,45 @@ impl Publisher {
                 .inc();
             self.status
                 .record_error(format!("returned for event {event_id}"));
-            self.store.requeue(&key).await?;
+            if let Err(e) = self.store.requeue(&key).await {
+                // Marked published but never delivered: keep it to try again at the next
+                // settle rather than forget it.
+                tracing::error!(event_id, error = %e, "queueing a returned event again failed");
+                session.returns.retry_late(event_id, key);
+                broken = true;
+            }
         }
         Ok(broken)
     }
 
     /// Takes an event the broker keeps refusing out of the outbox, so it holds up nothing.
-    fn park(&self, seq: u64, key: &EventKey, event_id: &str, reason: &str, retries: &mut Retries) {
-        retries.forget(seq);
+    /// False when parking failed: the event stays pending (and in `retries`, at its bound, so
+    /// its next failure parks it again).
+    fn park(
+        &self,
+        seq: u64,
+        key: &EventKey,
+        event_id: &str,
+        reason: &str,
+        retries: &mut Retries,
+    ) -> bool {
         match self.store.park(seq, key, reason) {
-            Ok(true) => {
-                self.metrics.events_parked_total.inc();
-                tracing::error!(
-                    event_id,
-                    reason,
-                    "event parked: the broker keeps refusing it; replay or drop it through the admin API"
-                );
+            Ok(parked) => {
+                retries.forget(seq);
+                if parked {
+                    self.metrics.events_parked_total.inc();
+                    tracing::error!(
+                        event_id,
+                        reason,
+                        "event parked: the broker keeps refusing it; replay or drop it through the admin API"
+                    );
+                }
+                true
             }
-            Ok(false) => {}
-            // It stays pending and is tried again: nothing is lost.
-            Err(e) => tracing::error!(event_id, error = %e, "parking an event failed"),
+            Err(e) => {
+                tracing::error!(event_id, error = %e, "parking an event failed");
+                false
+            }
         }
     }
 
@@ -770,4 +812,17 @@ struct Session {
     returns: Returns,
     /// Highest sequence handed to the broker in this pass; `None` starts from the oldest.
     cursor: Option<u64>,
+    /// The suspect sent alone, while its outcome is awaited.
+    isolated: Option<u64>,
+    /// The broker blocked this connection (a resource alarm) at some point: failures on it
+    /// say nothing about any event.
+    blocked: bool,
+}
+
+impl Session {
+    /// Whether a failure of `seq` is its own: it was the suspect deliberately sent alone, on a
+    /// connection the broker never blocked.
+    fn counts_against(&self, seq: u64) -> bool {
+        self.isolated == Some(seq) && !self.blocked
+    }
 }

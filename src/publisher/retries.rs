@@ -9,7 +9,9 @@
 //! - An unknown outcome (publish error, confirm timeout, lost connection) says nothing about
 //!   which event caused it: every event then in flight becomes a suspect, counted nothing. The
 //!   publisher sends suspects one at a time; a suspect that fails again while alone on the
-//!   connection is the cause, and that counts.
+//!   connection is the cause, and that counts: a publish error or the broker closing the
+//!   connection, not a confirm timeout (a link that stopped passing bytes) and not on a
+//!   connection the broker blocked (a resource alarm); the caller decides.
 //! - At the bound an event is parked (out of the outbox, kept for an operator) instead of
 //!   holding up the rest: one poisonous event cannot stop publishing.
 
@@ -72,12 +74,12 @@ impl Retries {
         self.verdict(seq)
     }
 
-    /// `seq` was in flight when the outcome became unknown. `alone`: it was the only publish
-    /// in flight, so the failure is its own.
-    pub fn unknown(&mut self, seq: u64, alone: bool, now: Instant) -> Verdict {
+    /// `seq` was in flight when the outcome became unknown. `counts`: the failure is its own
+    /// (it was a suspect sent alone, and the failure points at the message).
+    pub fn unknown(&mut self, seq: u64, counts: bool, now: Instant) -> Verdict {
         let entry = self.entry(seq, now);
         entry.suspect = true;
-        if alone {
+        if counts {
             entry.failures += 1;
             return self.verdict(seq);
         }

@@ -58,6 +58,7 @@ impl Store {
             request_ids: vec![new.request_id.to_owned()],
             queued_seq: None,
             parked_reason: None,
+            dropped_at_ms: None,
         });
         let written = self.write_new(seq, new, &record);
         if !matches!(written, Ok(true)) {

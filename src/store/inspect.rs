@@ -28,15 +28,20 @@ const PRUNE_BATCH: usize = 1_000;
 /// Bounds one pass (a few seconds of work), so shutdown never waits long; at one pass a minute
 /// that is over 16,000 events a second, far above what the relay accepts.
 const PRUNE_MAX_PER_PASS: usize = 1_000_000;
+/// `meta` key: the `settled` index was built for the records written before it existed.
+const SETTLED_INDEXED: &[u8] = b"settled_indexed";
 /// `meta` key: where the body pass resumes.
 const PRUNE_CURSOR: &[u8] = b"prune_cursor";
 
 /// True when `record` is the settled event stored under `seq`, settled at or before `cutoff`
 /// (a replayed event settled again later is judged by its latest settling).
 fn settled_before(record: &EventRecord, seq: u64, cutoff: u64) -> bool {
-    record.seq == seq
-        && record.state.is_settled()
-        && record.published_at_ms.is_none_or(|at| at <= cutoff)
+    let settled_at = match record.state {
+        EventState::Published => record.published_at_ms,
+        EventState::Dropped => record.dropped_at_ms,
+        EventState::Pending | EventState::Parked => return false,
+    };
+    record.seq == seq && settled_at.is_none_or(|at| at <= cutoff)
 }
 
 /// The key after `key` in byte order.
@@ -221,7 +226,12 @@ impl Store {
         // Records go with their bodies when their own retention is shorter.
         let body_cutoff = record_cutoff.map_or(body_cutoff, |r| body_cutoff.max(r));
         let mut looked = 0;
-        let mut from = self.prune_cursor()?;
+        // With records kept forever the body pass removes what it visits, so it starts from
+        // the oldest; a cursor would skip entries written under a clock that stepped back.
+        let mut from = match record_cutoff {
+            Some(_) => self.prune_cursor()?,
+            None => settled_key(0, 0).to_vec(),
+        };
         loop {
             let batch: Vec<_> = self
                 .settled
@@ -240,7 +250,9 @@ impl Store {
                 from = next_key(index_key);
             }
             looked += batch.len();
-            self.meta.insert(PRUNE_CURSOR, from.as_slice())?;
+            if record_cutoff.is_some() {
+                self.meta.insert(PRUNE_CURSOR, from.as_slice())?;
+            }
             if batch.len() < PRUNE_BATCH || looked >= PRUNE_MAX_PER_PASS {
                 break;
             }
@@ -266,6 +278,30 @@ impl Store {
             }
         }
         Ok(pruned)
+    }
+
+    /// Builds the `settled` index for a store written before it existed (one pass, once): the
+    /// pruner finds settled events only there.
+    pub(super) fn index_settled_once(&self) -> Result<(), StoreError> {
+        if !self.settled.is_empty() || self.meta.contains_key(SETTLED_INDEXED)? {
+            return Ok(());
+        }
+        for entry in self.events.iter() {
+            let (key, raw) = entry?;
+            let Ok(record) = decode_record(&raw) else {
+                continue;
+            };
+            let settled_at = match record.state {
+                EventState::Published => record.published_at_ms,
+                EventState::Dropped => record.dropped_at_ms,
+                EventState::Pending | EventState::Parked => None,
+            };
+            if let Some(at) = settled_at {
+                self.settled.insert(settled_key(at, record.seq), key)?;
+            }
+        }
+        self.meta.insert(SETTLED_INDEXED, &[])?;
+        Ok(())
     }
 
     /// Where the body pass resumes: entries before it had their bodies pruned already (they

@@ -122,6 +122,9 @@ pub struct EventRecord {
     /// Why the publisher parked it (state `parked`, or `dropped` after it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parked_reason: Option<String>,
+    /// When an operator dropped it (state `dropped`); retention counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_at_ms: Option<u64>,
 }
 
 impl EventState {
@@ -435,6 +438,8 @@ impl Store {
             admit_hasher: std::hash::RandomState::new(),
         };
         store.remove_stale_outbox_entries()?;
+        store.reconcile_parked()?;
+        store.index_settled_once()?;
         // One pass over the records at start; after that the count is kept in memory.
         store
             .events_stored
