@@ -505,6 +505,7 @@ impl Publisher {
         )
         .await
         .map_err(|_| PublishError::Timeout(self.config.connect_timeout))??;
+        crate::failpoint::hit(crate::failpoint::AFTER_PUBLISH);
         let confirm_timeout = self.config.publish_confirm_timeout;
         let (seq, key, event_id) = (pending.seq, pending.key, pending.record.event_id);
         confirms.spawn(async move {
@@ -596,6 +597,7 @@ impl Publisher {
             }
         }
         failures.acked = !acked.is_empty();
+        crate::failpoint::hit(crate::failpoint::AFTER_CONFIRM);
         let marked = self.store.mark_published(&acked);
         // The broker has them whatever the store said, so their waiters may be told.
         for (_, key) in &acked {

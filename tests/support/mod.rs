@@ -623,11 +623,17 @@ impl RelayProcess {
     /// Starts `gate-relay serve` and waits for its `listening` log line, which carries the
     /// bound address (the config listens on port 0).
     pub fn start(config: &std::path::Path) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// As `start`, with extra environment variables (a failpoint).
+    pub fn start_with_env(config: &std::path::Path, env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let mut child = KillOnDrop(
             std::process::Command::new(env!("CARGO_BIN_EXE_gate-relay"))
                 .args(["serve", "--config"])
                 .arg(config)
+                .envs(env.iter().copied())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
