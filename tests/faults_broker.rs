@@ -1,6 +1,6 @@
 //! Broker faults through a TCP proxy in front of the real RabbitMQ: a blackholed link (open but
 //! silent) must not hang any answer past 0Gate's 10 s, and loses nothing acknowledged once the
-//! link is back. Each test prints acknowledged / lost / duplicates and the slowest answer.
+//! link is back; the broker closing our connection repeatedly under load loses nothing. Each test prints acknowledged / lost / duplicates and the slowest answer.
 
 mod support;
 
@@ -91,4 +91,109 @@ async fn a_blackholed_broker_link_answers_within_10_s_and_loses_nothing_in_durab
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_broker_link_answers_within_10_s_and_loses_nothing_in_confirmed_mode() {
     blackhole_then_restore("confirmed").await;
+}
+
+/// The broker's pid for the connection whose peer (our side) uses `port`.
+fn connection_pid(port: u16) -> Option<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "peer_port",
+        ])
+        .output()
+        .expect("run rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let (pid, peer) = line.split_once('\t')?;
+            (peer.trim() == port.to_string()).then(|| pid.trim().to_owned())
+        })
+}
+
+/// Times the broker closes the relay's connection.
+const CLOSES: usize = 3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_closing_our_connection_repeatedly_under_load_loses_nothing() {
+    let proxy = BrokerProxy::start().await;
+    let options = Options {
+        ack: "durable",
+        amqp_url: proxy.url(),
+        ..Options::default()
+    };
+    let mut app = TestApp::spawn("faults.close", options).await;
+    let broker = Arc::clone(&app.running.as_ref().expect("running").broker);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (client, url, stop, acked) = (
+            support::http_client(),
+            app.url(PATH),
+            stop.clone(),
+            Arc::clone(&acked),
+        );
+        senders.spawn(async move {
+            while !stop.is_cancelled() {
+                let id = unique("evt");
+                let body = Bytes::from(event_body(&id, "gate_session.completed"));
+                let sig = sign(SECRET, now(), &body);
+                if (200..300).contains(&support::post(&client, &url, body, Some(&sig)).await.status)
+                {
+                    acked.lock().expect("lock").push(id);
+                }
+            }
+        });
+    }
+    let mut closed = Vec::new();
+    for _ in 0..CLOSES {
+        let mut pid = None;
+        support::eventually("the relay has a fresh broker connection", || {
+            pid = proxy
+                .latest_upstream_port()
+                .filter(|p| !closed.contains(p))
+                .filter(|_| broker.is_connected())
+                .and_then(|p| connection_pid(p).map(|pid| (p, pid)));
+            pid.is_some()
+        })
+        .await;
+        let (port, pid) = pid.expect("found");
+        let status = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", &pid, "fault test"])
+            .status()
+            .expect("run rabbitmqctl");
+        assert!(status.success(), "close_connection failed");
+        closed.push(port);
+    }
+    support::eventually("the relay reconnected after the last close", || {
+        broker.is_connected()
+            && proxy
+                .latest_upstream_port()
+                .is_some_and(|p| !closed.contains(&p))
+    })
+    .await;
+    stop.cancel();
+    senders.join_all().await;
+    let acked = acked.lock().expect("lock").clone();
+    app.outbox_drained().await;
+    let got = app.topology.message_ids(Duration::from_secs(2)).await;
+    let lost = acked.iter().filter(|id| !got.contains(id)).count();
+    let mut unique_got = got.clone();
+    unique_got.sort();
+    unique_got.dedup();
+    println!(
+        "broker closed our connection {CLOSES} times: acknowledged {} lost {lost} duplicates {}",
+        acked.len(),
+        got.len() - unique_got.len()
+    );
+    assert!(app.metric("gate_relay_amqp_reconnects_total", &[]) >= CLOSES as f64);
+    assert_eq!(
+        lost, 0,
+        "acknowledged events were lost across connection closes"
+    );
+    app.stop().await;
+    app.topology.delete().await;
 }

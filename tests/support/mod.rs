@@ -560,6 +560,8 @@ pub struct BrokerProxy {
     up: watch::Sender<bool>,
     /// False while blackholed: connections stay open but no byte is passed on.
     passing: watch::Sender<bool>,
+    /// Local ports of the proxy's connections to the broker (the broker's peer ports).
+    upstream_ports: Arc<std::sync::Mutex<Vec<u16>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -598,6 +600,8 @@ impl BrokerProxy {
         let addr = listener.local_addr().expect("addr");
         let (up, up_rx) = watch::channel(true);
         let (passing, passing_rx) = watch::channel(true);
+        let upstream_ports = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ports = Arc::clone(&upstream_ports);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -610,10 +614,14 @@ impl BrokerProxy {
                 let mut up_rx = up_rx.clone();
                 let (passing_a, passing_b) = (passing_rx.clone(), passing_rx.clone());
                 let target = target.clone();
+                let ports = Arc::clone(&ports);
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&target).await else {
                         return;
                     };
+                    if let Ok(local) = server.local_addr() {
+                        ports.lock().expect("ports lock").push(local.port());
+                    }
                     let (client_r, client_w) = client.into_split();
                     let (server_r, server_w) = server.into_split();
                     tokio::select! {
@@ -628,6 +636,7 @@ impl BrokerProxy {
             addr,
             up,
             passing,
+            upstream_ports,
             task,
         }
     }
@@ -638,6 +647,15 @@ impl BrokerProxy {
 
     pub fn cut(&self) {
         self.up.send_replace(false);
+    }
+
+    /// The peer port the broker sees for the newest connection through this proxy.
+    pub fn latest_upstream_port(&self) -> Option<u16> {
+        self.upstream_ports
+            .lock()
+            .expect("ports lock")
+            .last()
+            .copied()
     }
 
     /// The link stops passing bytes but every connection stays open (a silent network).
