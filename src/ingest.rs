@@ -191,6 +191,7 @@ impl Ingest {
                 body: verified.body(),
             })
             .await?;
+        crate::failpoint::hit(crate::failpoint::AFTER_FLUSH);
         let duplicate = admission != Admission::New;
         let Some(watch) = watch.as_mut() else {
             return Ok(duplicate); // durable mode: flushed is enough

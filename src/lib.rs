@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod confirmations;
 pub mod event;
+pub mod failpoint;
 pub mod ingest;
 pub mod metrics;
 pub mod publisher;

@@ -619,6 +619,7 @@ impl Publisher {
         )
         .await
         .map_err(|_| PublishError::Timeout(PUBLISH_SEND_TIMEOUT))??;
+        crate::failpoint::hit(crate::failpoint::AFTER_PUBLISH);
         let confirm_timeout = self.config.publish_confirm_timeout;
         let (seq, key, event_id) = (pending.seq, pending.key, pending.record.event_id);
         confirms.spawn(async move {
@@ -715,6 +716,7 @@ impl Publisher {
                 }
             }
         }
+        crate::failpoint::hit(crate::failpoint::AFTER_CONFIRM);
         let marked = self.store.mark_published(&acked);
         // The broker has them whatever the store said, so their waiters may be told.
         for (_, key) in &acked {

@@ -22,6 +22,7 @@ impl Store {
             return Err(StoreError::Closed);
         }
         let admission = self.admit_in_memory(&new)?;
+        crate::failpoint::hit(crate::failpoint::AFTER_ADMIT);
         self.wait_durable().await?;
         Ok(admission)
     }

@@ -575,18 +575,54 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// A TCP proxy in front of RabbitMQ that a test can cut and restore.
+/// A TCP proxy in front of RabbitMQ that a test can cut, blackhole and restore.
 pub struct BrokerProxy {
     pub addr: SocketAddr,
     up: watch::Sender<bool>,
+    /// False while blackholed: connections stay open but no byte is passed on.
+    passing: watch::Sender<bool>,
+    /// Local ports of the proxy's connections to the broker (the broker's peer ports).
+    upstream_ports: Arc<std::sync::Mutex<Vec<u16>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Copies `from` to `to`, holding each read until `passing` is true; ends when either side
+/// closes.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut passing: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if passing.wait_for(|p| *p).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl BrokerProxy {
     pub async fn start() -> Self {
+        Self::start_to("127.0.0.1:5672").await
+    }
+
+    /// A proxy in front of the broker at `target` (a private node).
+    pub async fn start_to(target: &str) -> Self {
+        let target = target.to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
         let (up, up_rx) = watch::channel(true);
+        let (passing, passing_rx) = watch::channel(true);
+        let upstream_ports = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ports = Arc::clone(&upstream_ports);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -597,19 +633,33 @@ impl BrokerProxy {
                     continue;
                 }
                 let mut up_rx = up_rx.clone();
+                let (passing_a, passing_b) = (passing_rx.clone(), passing_rx.clone());
+                let target = target.clone();
+                let ports = Arc::clone(&ports);
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect("127.0.0.1:5672").await else {
+                    let Ok(server) = TcpStream::connect(&target).await else {
                         return;
                     };
-                    let (mut client, mut server) = (client, server);
+                    if let Ok(local) = server.local_addr() {
+                        ports.lock().expect("ports lock").push(local.port());
+                    }
+                    let (client_r, client_w) = client.into_split();
+                    let (server_r, server_w) = server.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = pump(client_r, server_w, passing_a) => {}
+                        () = pump(server_r, client_w, passing_b) => {}
                         _ = up_rx.wait_for(|up| !*up) => {} // cut: both sockets drop
                     }
                 });
             }
         });
-        Self { addr, up, task }
+        Self {
+            addr,
+            up,
+            passing,
+            upstream_ports,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -620,7 +670,22 @@ impl BrokerProxy {
         self.up.send_replace(false);
     }
 
+    /// The peer port the broker sees for the newest connection through this proxy.
+    pub fn latest_upstream_port(&self) -> Option<u16> {
+        self.upstream_ports
+            .lock()
+            .expect("ports lock")
+            .last()
+            .copied()
+    }
+
+    /// The link stops passing bytes but every connection stays open (a silent network).
+    pub fn blackhole(&self) {
+        self.passing.send_replace(false);
+    }
+
     pub fn restore(&self) {
+        self.passing.send_replace(true);
         self.up.send_replace(true);
     }
 }
@@ -644,11 +709,17 @@ impl RelayProcess {
     /// Starts `gate-relay serve` and waits for its `listening` log line, which carries the
     /// bound address (the config listens on port 0).
     pub fn start(config: &std::path::Path) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// As `start`, with extra environment variables (a failpoint).
+    pub fn start_with_env(config: &std::path::Path, env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let mut child = KillOnDrop(
             std::process::Command::new(env!("CARGO_BIN_EXE_gate-relay"))
                 .args(["serve", "--config"])
                 .arg(config)
+                .envs(env.iter().copied())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()

@@ -1,0 +1,199 @@
+//! Broker faults through a TCP proxy in front of the real RabbitMQ: a blackholed link (open but
+//! silent) must not hang any answer past 0Gate's 10 s, and loses nothing acknowledged once the
+//! link is back; the broker closing our connection repeatedly under load loses nothing. Each test prints acknowledged / lost / duplicates and the slowest answer.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::{BrokerProxy, Options, PATH, SECRET, TestApp, event_body, now, sign, unique};
+
+/// 0Gate gives up on an answer after this long.
+const GATE_DEADLINE: Duration = Duration::from_secs(10);
+/// Events sent at once while the link is blackholed.
+const EVENTS: usize = 40;
+
+async fn blackhole_then_restore(ack: &'static str) {
+    let proxy = BrokerProxy::start().await;
+    let options = Options {
+        ack,
+        amqp_url: proxy.url(),
+        ..Options::default()
+    };
+    let mut app = TestApp::spawn(&format!("faults.blackhole.{ack}"), options).await;
+    let broker = Arc::clone(&app.running.as_ref().expect("running").broker);
+    support::eventually("the relay is connected", || broker.is_connected()).await;
+    proxy.blackhole();
+
+    let url = app.url(PATH);
+    let mut sends = tokio::task::JoinSet::new();
+    for _ in 0..EVENTS {
+        let (client, url) = (support::http_client(), url.clone());
+        sends.spawn(async move {
+            let id = unique("evt");
+            let body = Bytes::from(event_body(&id, "gate_session.completed"));
+            let sig = sign(SECRET, now(), &body);
+            let started = Instant::now();
+            let reply = tokio::time::timeout(
+                2 * GATE_DEADLINE,
+                support::post(&client, &url, body, Some(&sig)),
+            )
+            .await
+            .expect("an answer came (nothing hangs)");
+            (id, reply.status, started.elapsed())
+        });
+    }
+    let answers = sends.join_all().await;
+    let slowest = answers.iter().map(|a| a.2).max().expect("answers");
+    let acked: Vec<String> = answers
+        .iter()
+        .filter(|a| (200..300).contains(&a.1))
+        .map(|a| a.0.clone())
+        .collect();
+    for (_, status, _) in &answers {
+        assert!(
+            (200..300).contains(status) || *status == 503,
+            "a blackholed broker is an upstream fault: 2xx or 503, got {status}"
+        );
+    }
+    if ack == "durable" {
+        assert_eq!(acked.len(), EVENTS, "durable mode answers once stored");
+    }
+
+    proxy.restore();
+    app.outbox_drained().await;
+    let got = app.topology.message_ids(Duration::from_secs(2)).await;
+    let lost = acked.iter().filter(|id| !got.contains(id)).count();
+    let mut unique_got = got.clone();
+    unique_got.sort();
+    unique_got.dedup();
+    println!(
+        "blackhole ({ack}): acknowledged {} lost {lost} duplicates {} slowest answer {slowest:?}",
+        acked.len(),
+        got.len() - unique_got.len()
+    );
+    assert!(
+        slowest < GATE_DEADLINE,
+        "an answer took {slowest:?}, past 0Gate's deadline"
+    );
+    assert_eq!(lost, 0, "acknowledged events were lost after the blackhole");
+    app.stop().await;
+    app.topology.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_broker_link_answers_within_10_s_and_loses_nothing_in_durable_mode() {
+    blackhole_then_restore("durable").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_broker_link_answers_within_10_s_and_loses_nothing_in_confirmed_mode() {
+    blackhole_then_restore("confirmed").await;
+}
+
+/// The broker's pid for the connection whose peer (our side) uses `port`.
+fn connection_pid(port: u16) -> Option<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "peer_port",
+        ])
+        .output()
+        .expect("run rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let (pid, peer) = line.split_once('\t')?;
+            (peer.trim() == port.to_string()).then(|| pid.trim().to_owned())
+        })
+}
+
+/// Times the broker closes the relay's connection.
+const CLOSES: usize = 3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_closing_our_connection_repeatedly_under_load_loses_nothing() {
+    let proxy = BrokerProxy::start().await;
+    let options = Options {
+        ack: "durable",
+        amqp_url: proxy.url(),
+        ..Options::default()
+    };
+    let mut app = TestApp::spawn("faults.close", options).await;
+    let broker = Arc::clone(&app.running.as_ref().expect("running").broker);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (client, url, stop, acked) = (
+            support::http_client(),
+            app.url(PATH),
+            stop.clone(),
+            Arc::clone(&acked),
+        );
+        senders.spawn(async move {
+            while !stop.is_cancelled() {
+                let id = unique("evt");
+                let body = Bytes::from(event_body(&id, "gate_session.completed"));
+                let sig = sign(SECRET, now(), &body);
+                if (200..300).contains(&support::post(&client, &url, body, Some(&sig)).await.status)
+                {
+                    acked.lock().expect("lock").push(id);
+                }
+            }
+        });
+    }
+    let mut closed = Vec::new();
+    for _ in 0..CLOSES {
+        let mut pid = None;
+        support::eventually("the relay has a fresh broker connection", || {
+            pid = proxy
+                .latest_upstream_port()
+                .filter(|p| !closed.contains(p))
+                .filter(|_| broker.is_connected())
+                .and_then(|p| connection_pid(p).map(|pid| (p, pid)));
+            pid.is_some()
+        })
+        .await;
+        let (port, pid) = pid.expect("found");
+        let status = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", &pid, "fault test"])
+            .status()
+            .expect("run rabbitmqctl");
+        assert!(status.success(), "close_connection failed");
+        closed.push(port);
+    }
+    support::eventually("the relay reconnected after the last close", || {
+        broker.is_connected()
+            && proxy
+                .latest_upstream_port()
+                .is_some_and(|p| !closed.contains(&p))
+    })
+    .await;
+    stop.cancel();
+    senders.join_all().await;
+    let acked = acked.lock().expect("lock").clone();
+    app.outbox_drained().await;
+    let got = app.topology.message_ids(Duration::from_secs(2)).await;
+    let lost = acked.iter().filter(|id| !got.contains(id)).count();
+    let mut unique_got = got.clone();
+    unique_got.sort();
+    unique_got.dedup();
+    println!(
+        "broker closed our connection {CLOSES} times: acknowledged {} lost {lost} duplicates {}",
+        acked.len(),
+        got.len() - unique_got.len()
+    );
+    assert!(app.metric("gate_relay_amqp_reconnects_total", &[]) >= CLOSES as f64);
+    assert_eq!(
+        lost, 0,
+        "acknowledged events were lost across connection closes"
+    );
+    app.stop().await;
+    app.topology.delete().await;
+}
