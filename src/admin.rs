@@ -117,6 +117,42 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     response
 }
 
+/// What an inspection request asks for, from its method and path alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inspection<'a> {
+    Outbox,
+    List,
+    /// `GET /events/{id}`; the id as it appears in the path, still percent-encoded.
+    Show(&'a str),
+    /// `POST /events/{id}/replay`; the id as in [`Inspection::Show`].
+    Replay(&'a str),
+    /// `POST /events/{id}/drop` (a parked event); the id as in [`Inspection::Show`].
+    Drop(&'a str),
+    MethodNotAllowed,
+    NotFound,
+}
+
+/// Splits an inspection path. An id is exactly one non-empty segment, so a path with more
+/// segments (`/events/x/replay/replay`) names nothing rather than a shorter id.
+pub fn inspection<'a>(method: &Method, path: &'a str) -> Inspection<'a> {
+    let one_segment = |id: &'a str| Some(id).filter(|id| !id.is_empty() && !id.contains('/'));
+    let rest = path.strip_prefix("/events/").unwrap_or("");
+    let replay = rest.strip_suffix("/replay").and_then(one_segment);
+    let drop = rest.strip_suffix("/drop").and_then(one_segment);
+    match (method, path) {
+        (&Method::GET, "/outbox") => Inspection::Outbox,
+        (&Method::GET, "/events") => Inspection::List,
+        (_, "/outbox" | "/events") => Inspection::MethodNotAllowed,
+        (&Method::POST, _) => match (replay, drop) {
+            (Some(id), _) => Inspection::Replay(id),
+            (None, Some(id)) => Inspection::Drop(id),
+            (None, None) => Inspection::NotFound,
+        },
+        (&Method::GET, _) => one_segment(rest).map_or(Inspection::NotFound, Inspection::Show),
+        _ => Inspection::NotFound,
+    }
+}
+
 impl Admin {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_owned();
@@ -158,21 +194,16 @@ impl Admin {
 
     async fn inspect(&self, req: &Request<Incoming>, path: &str) -> Response<Full<Bytes>> {
         let query = query(req);
-        let method = req.method().clone();
-        let rest = path.strip_prefix("/events/").unwrap_or("");
-        let result = match (method, path) {
-            (Method::GET, "/outbox") => Ok(self.outbox()),
-            (Method::GET, "/events") => self.list(&query),
-            (Method::POST, _) => match rest.split_once('/') {
-                Some((id, "replay")) if !id.is_empty() => self.replay(id, &query).await,
-                Some((id, "drop")) if !id.is_empty() => self.drop_parked(id, &query).await,
-                _ => Err(fail(StatusCode::NOT_FOUND, "not_found")),
-            },
-            (Method::GET, _) if !rest.is_empty() && !rest.contains('/') => self.show(rest, &query),
-            (_, "/outbox" | "/events") => {
+        let result = match inspection(req.method(), path) {
+            Inspection::Outbox => Ok(self.outbox()),
+            Inspection::List => self.list(&query),
+            Inspection::Replay(raw_id) => self.replay(raw_id, &query).await,
+            Inspection::Drop(raw_id) => self.drop_parked(raw_id, &query).await,
+            Inspection::Show(raw_id) => self.show(raw_id, &query),
+            Inspection::MethodNotAllowed => {
                 Err(fail(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"))
             }
-            _ => Err(fail(StatusCode::NOT_FOUND, "not_found")),
+            Inspection::NotFound => Err(fail(StatusCode::NOT_FOUND, "not_found")),
         };
         result.unwrap_or_else(|ApiError(status, code)| error(status, code))
     }
@@ -384,6 +415,40 @@ impl Admin {
             self.metrics
                 .store_size
                 .set(i64::try_from(size).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inspection_paths_name_one_event_id_segment_or_nothing() {
+        let cases: &[(Method, &str, Inspection<'_>)] = &[
+            (Method::GET, "/outbox", Inspection::Outbox),
+            (Method::GET, "/events", Inspection::List),
+            (Method::POST, "/events", Inspection::MethodNotAllowed),
+            (Method::DELETE, "/outbox", Inspection::MethodNotAllowed),
+            (Method::GET, "/events/x", Inspection::Show("x")),
+            (Method::GET, "/events/a%2Fb", Inspection::Show("a%2Fb")),
+            (Method::GET, "/events/", Inspection::NotFound),
+            (Method::GET, "/events/x/", Inspection::NotFound),
+            (Method::GET, "/events/x/replay", Inspection::NotFound),
+            (Method::POST, "/events/x/replay", Inspection::Replay("x")),
+            (Method::POST, "/events/replay", Inspection::NotFound),
+            (Method::POST, "/events//replay", Inspection::NotFound),
+            (
+                Method::POST,
+                "/events/x/replay/replay",
+                Inspection::NotFound,
+            ),
+            (Method::POST, "/events/x/y/replay", Inspection::NotFound),
+            (Method::POST, "/events/x", Inspection::NotFound),
+            (Method::PUT, "/events/x/replay", Inspection::NotFound),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(inspection(method, path), *expected, "{method} {path}");
         }
     }
 }
