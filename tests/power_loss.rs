@@ -68,8 +68,13 @@ fn load(addr: SocketAddr, stop: tokio_util::sync::CancellationToken, pad: usize)
     acked
 }
 
-/// Every acknowledged id reaches the queue byte-identical; returns the duplicates seen.
-async fn assert_all_delivered(topology: &Topology, acked: &HashMap<String, Bytes>) -> usize {
+/// Every acknowledged id reaches the queue byte-identical; returns the duplicates seen. On a
+/// loss, prints what the restarted relay's admin API says of the outbox and the first lost id.
+async fn assert_all_delivered(
+    topology: &Topology,
+    acked: &HashMap<String, Bytes>,
+    admin: Option<SocketAddr>,
+) -> usize {
     let mut seen: HashMap<String, Vec<u8>> = HashMap::new();
     let mut duplicates = 0;
     let deadline = tokio::time::Instant::now() + support::WAIT;
@@ -91,6 +96,18 @@ async fn assert_all_delivered(topology: &Topology, acked: &HashMap<String, Bytes
         }
     }
     let missing: Vec<&String> = acked.keys().filter(|id| !seen.contains_key(*id)).collect();
+    if let (false, Some(admin)) = (missing.is_empty(), admin) {
+        let client = support::http_client();
+        for path in ["/outbox".to_owned(), format!("/events/{}", missing[0])] {
+            let url: http::Uri = format!("http://{admin}{path}").parse().expect("uri");
+            let response = client.get(url).await.expect("admin answered");
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .expect("b")
+                .to_bytes();
+            eprintln!("after the loss, {path}: {}", String::from_utf8_lossy(&body));
+        }
+    }
     assert!(
         missing.is_empty(),
         "{} of {} acknowledged events were lost: {:?}",
@@ -249,7 +266,7 @@ async fn cut_power_and_restart(case: Case) {
             );
         }
         let relay = RelayProcess::start(&config);
-        let duplicates = assert_all_delivered(&topology, &acked).await;
+        let duplicates = assert_all_delivered(&topology, &acked, Some(relay.admin_addr)).await;
         assert_outbox_drains(relay.admin_addr).await;
         assert_eq!(
             store_recreated(relay.admin_addr).await,
@@ -432,7 +449,7 @@ async fn torn_power_cuts_over_many_cycles_of_large_bodies_lose_nothing_acknowled
         let fs = PowerFs::from_image(image, Metadata::Strict);
         let mounted = fs.mount(&mountpoint).expect("remount powerfs");
         let relay = RelayProcess::start(&config);
-        let duplicates = assert_all_delivered(&topology, &acked).await;
+        let duplicates = assert_all_delivered(&topology, &acked, Some(relay.admin_addr)).await;
         assert_outbox_drains(relay.admin_addr).await;
         assert_eq!(
             store_recreated(relay.admin_addr).await,

@@ -75,7 +75,8 @@ fn op() -> impl Strategy<Value = Op> {
 struct ModelEvent {
     state: EventState,
     body: Vec<u8>,
-    received_at_ms: u64,
+    /// As the store recorded it (wall-clock ms): retention counts from publishing.
+    published_at_ms: Option<u64>,
     body_pruned: bool,
 }
 
@@ -109,6 +110,7 @@ fn config(dir: &Path) -> StoreConfig {
         max_outbox_bytes: 1 << 30,
         retain_bodies: Duration::from_secs(60),
         retain_events: None,
+        cache_capacity_bytes: gate_relay::config::DEFAULT_CACHE_CAPACITY_BYTES,
     }
 }
 
@@ -147,7 +149,7 @@ async fn stop(running: Running) {
 }
 
 /// Applies one operation (all but `Reopen`, which `run` does) to the store and the model.
-async fn apply(store: &Store, model: &mut Model, op: &Op, clock: &mut u64) {
+async fn apply(store: &Store, model: &mut Model, op: &Op, clock: &mut u64, wall_start: &u64) {
     match op {
         Op::Admit { id, body } => {
             *clock += TICK_MS;
@@ -176,7 +178,7 @@ async fn apply(store: &Store, model: &mut Model, op: &Op, clock: &mut u64) {
                         ModelEvent {
                             state: EventState::Pending,
                             body: body.clone(),
-                            received_at_ms: *clock,
+                            published_at_ms: None,
                             body_pruned: false,
                         },
                     );
@@ -199,11 +201,14 @@ async fn apply(store: &Store, model: &mut Model, op: &Op, clock: &mut u64) {
                 .mark_published(&[(entry.seq, entry.key.clone())])
                 .expect("mark published");
             let id = model.outbox.remove(at);
-            model
-                .events
-                .get_mut(&id)
-                .expect("queued implies recorded")
-                .state = EventState::Published;
+            let published_at_ms = store
+                .record(&key(id))
+                .expect("read")
+                .expect("recorded")
+                .published_at_ms;
+            let event = model.events.get_mut(&id).expect("queued implies recorded");
+            event.state = EventState::Published;
+            event.published_at_ms = published_at_ms;
         }
         Op::Replay { id } => {
             let replay = store.replay(&key(*id)).await.expect("replay");
@@ -228,18 +233,23 @@ async fn apply(store: &Store, model: &mut Model, op: &Op, clock: &mut u64) {
                 bodies: Duration::from_millis(bodies_ticks * TICK_MS),
                 events: events_ticks.map(|t| Duration::from_millis(t * TICK_MS)),
             };
-            store.prune(*clock, retention).expect("prune");
-            let body_cutoff = clock.saturating_sub(bodies_ticks * TICK_MS);
+            // Publishing times are the wall clock's; the model's clock runs ahead of it.
+            let now = *wall_start + *clock;
+            store.prune(now, retention).expect("prune");
+            let record_cutoff = events_ticks.map(|t| now.saturating_sub(t * TICK_MS));
+            let body_cutoff = now.saturating_sub(bodies_ticks * TICK_MS);
+            // Records go with their bodies when their own retention is shorter.
+            let body_cutoff = record_cutoff.map_or(body_cutoff, |r| body_cutoff.max(r));
+            let settled_by = |e: &ModelEvent, cutoff: u64| {
+                e.state == EventState::Published && e.published_at_ms.is_some_and(|at| at <= cutoff)
+            };
             for event in model.events.values_mut() {
-                if event.state == EventState::Published && event.received_at_ms < body_cutoff {
+                if settled_by(event, body_cutoff) {
                     event.body_pruned = true;
                 }
             }
-            if let Some(ticks) = events_ticks {
-                let cutoff = clock.saturating_sub(ticks * TICK_MS);
-                model
-                    .events
-                    .retain(|_, e| e.state == EventState::Pending || e.received_at_ms >= cutoff);
+            if let Some(cutoff) = record_cutoff {
+                model.events.retain(|_, e| !settled_by(e, cutoff));
             }
         }
         // Nothing changes in the model: everything a clean drop leaves must be found again.
@@ -321,12 +331,13 @@ fn run(ops: &[Op]) {
         let mut running = start(&dir);
         let mut model = Model::default();
         let mut clock = 1_000;
+        let wall_start = gate_relay::store::unix_ms(std::time::SystemTime::now());
         for op in ops {
             if matches!(op, Op::Reopen) {
                 stop(running).await;
                 running = start(&dir);
             }
-            apply(&running.store, &mut model, op, &mut clock).await;
+            apply(&running.store, &mut model, op, &mut clock, &wall_start).await;
             check(&running.store, &model, op);
         }
         stop(running).await;

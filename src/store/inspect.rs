@@ -30,6 +30,8 @@ const PRUNE_BATCH: usize = 1_000;
 const PRUNE_MAX_PER_PASS: usize = 1_000_000;
 /// `meta` key: the `settled` index was built for the records written before it existed.
 const SETTLED_INDEXED: &[u8] = b"settled_indexed";
+/// How far behind the wall clock the body pass's saved cursor stays (see `prune`).
+const PRUNE_CURSOR_MARGIN: Duration = Duration::from_secs(60);
 /// `meta` key: where the body pass resumes.
 const PRUNE_CURSOR: &[u8] = b"prune_cursor";
 
@@ -226,12 +228,14 @@ impl Store {
         // Records go with their bodies when their own retention is shorter.
         let body_cutoff = record_cutoff.map_or(body_cutoff, |r| body_cutoff.max(r));
         let mut looked = 0;
-        // With records kept forever the body pass removes what it visits, so it starts from
-        // the oldest; a cursor would skip entries written under a clock that stepped back.
-        let mut from = match record_cutoff {
-            Some(_) => self.prune_cursor()?,
-            None => settled_key(0, 0).to_vec(),
-        };
+        // Entries stay after the body pass (the record pass needs them, and `retain_events`
+        // may be set at a later start), so the body pass resumes from a cursor. The cursor
+        // stays [`PRUNE_CURSOR_MARGIN`] behind the wall clock: an entry written in the same
+        // millisecond as one already visited, or under a clock that stepped back by less than
+        // the margin, sorts below what was visited and must still be seen.
+        let mut from = self.prune_cursor()?;
+        let cursor_limit =
+            settled_key(now_ms().saturating_sub(ms(PRUNE_CURSOR_MARGIN)), 0).to_vec();
         loop {
             let batch: Vec<_> = self
                 .settled
@@ -243,15 +247,12 @@ impl Store {
                 if self.prune_body(key, seq, body_cutoff)? {
                     pruned.bodies += 1;
                 }
-                if record_cutoff.is_none() {
-                    // Kept forever: nothing more will be done with this entry.
-                    self.settled.remove(index_key)?;
-                }
                 from = next_key(index_key);
             }
             looked += batch.len();
-            if record_cutoff.is_some() {
-                self.meta.insert(PRUNE_CURSOR, from.as_slice())?;
+            if !batch.is_empty() {
+                let keep = from.as_slice().min(cursor_limit.as_slice());
+                self.meta.insert(PRUNE_CURSOR, keep)?;
             }
             if batch.len() < PRUNE_BATCH || looked >= PRUNE_MAX_PER_PASS {
                 break;
