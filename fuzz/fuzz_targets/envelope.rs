@@ -14,8 +14,14 @@ const NOW: i64 = 1_700_000_000;
 fuzz_target!(|body: &[u8]| {
     let secret = Secret::new("fuzz-secret".to_owned());
     let header = sign(&secret, NOW, body);
-    let verified = verify(&[secret], Some(&header), Bytes::copy_from_slice(body), NOW, 0)
-        .expect("a header sign() made verifies");
+    let verified = verify(
+        &[secret],
+        Some(&header),
+        Bytes::copy_from_slice(body),
+        NOW,
+        0,
+    )
+    .expect("a header sign() made verifies");
     if let Ok(envelope) = Envelope::parse(&verified) {
         assert!(!envelope.id.as_str().is_empty(), "accepted an empty id");
         assert!(!envelope.event_type.is_empty(), "accepted an empty type");

@@ -40,8 +40,14 @@ fuzz_target!(|input: Input| {
     let secret = Secret::new(format!("k{}", secrets.first().map_or("", |s| s.expose())));
     let header = sign(&secret, timestamp, &body);
     let keys = [secret];
-    let verified = verify(&keys, Some(&header), body.clone(), timestamp, TOLERANCE_SECS)
-        .expect("a header sign() made verifies at its own timestamp");
+    let verified = verify(
+        &keys,
+        Some(&header),
+        body.clone(),
+        timestamp,
+        TOLERANCE_SECS,
+    )
+    .expect("a header sign() made verifies at its own timestamp");
     assert_eq!(verified.body(), &body);
     assert_eq!(verified.timestamp(), timestamp);
 
@@ -49,7 +55,13 @@ fuzz_target!(|input: Input| {
         let mut tampered = body.to_vec();
         let at = input.flip_at % tampered.len();
         tampered[at] ^= input.flip_bits.max(1);
-        let rejected = verify(&keys, Some(&header), tampered.into(), timestamp, TOLERANCE_SECS);
+        let rejected = verify(
+            &keys,
+            Some(&header),
+            tampered.into(),
+            timestamp,
+            TOLERANCE_SECS,
+        );
         assert!(rejected.is_err(), "a flipped body byte must not verify");
     }
 });
