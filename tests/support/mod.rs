@@ -101,6 +101,8 @@ pub struct Options {
     /// `[amqp] ca_path`, for amqps:// through a test TLS terminator.
     pub amqp_ca_path: Option<std::path::PathBuf>,
     pub max_connections: usize,
+    /// Further `[server]` lines, verbatim (keys a test needs that have no field here).
+    pub server_extra: String,
 }
 
 impl Default for Options {
@@ -119,6 +121,7 @@ impl Default for Options {
             secrets_file: None,
             amqp_ca_path: None,
             max_connections: 1024,
+            server_extra: String::new(),
         }
     }
 }
@@ -277,6 +280,7 @@ max_body_bytes = {max_body}
 header_read_timeout_ms = {header_timeout}
 shutdown_grace_ms = 5000
 max_connections = {max_connections}
+{server_extra}
 {tls}
 [admin]
 listen = "{admin}"
@@ -307,6 +311,7 @@ tolerance_secs = 300
 "#,
         max_body = options.max_body_bytes,
         max_connections = options.max_connections,
+        server_extra = options.server_extra,
         header_timeout = options.header_read_timeout_ms,
         store = store.display(),
         max_outbox = options.max_outbox_events,
