@@ -37,6 +37,7 @@ pub struct Metrics {
     pub store_flush: Histogram,
     pub events_stored: IntGauge,
     pub requests_in_flight: IntGauge,
+    pub body_bytes_in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -142,6 +143,11 @@ impl Metrics {
                 "Deliveries being handled now (bounded by server.max_connections).",
             )
             .expect("valid metric"),
+            body_bytes_in_flight: IntGauge::new(
+                "gate_relay_body_bytes_in_flight",
+                "Body bytes reserved by requests being read or handled (bounded by server.max_body_bytes_in_flight).",
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -165,6 +171,7 @@ impl Metrics {
             Box::new(self.store_flush.clone()),
             Box::new(self.events_stored.clone()),
             Box::new(self.requests_in_flight.clone()),
+            Box::new(self.body_bytes_in_flight.clone()),
         ];
         for collector in collectors {
             self.registry
