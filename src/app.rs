@@ -124,6 +124,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppE
         // One delivery per allowed connection: memory stays within max_connections bodies
         // however HTTP/2 multiplexes them.
         config.server.max_connections,
+        config.server.max_body_bytes_in_flight,
     );
     let publisher = Publisher::new(
         Arc::clone(&store),

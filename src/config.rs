@@ -114,6 +114,7 @@ struct RawServer {
     header_read_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     max_connections: Option<u64>,
+    max_body_bytes_in_flight: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     tls: Option<RawTls>,
 }
@@ -224,6 +225,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
     pub max_connections: usize,
+    /// Body bytes all requests together may hold while being read and handled.
+    pub max_body_bytes_in_flight: usize,
     pub shutdown_grace: Duration,
     pub tls: Option<crate::tls::TlsSettings>,
 }
@@ -360,6 +363,10 @@ const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// 0Gate gives up after about 10 s; answering later is useless.
 const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 9_000;
 const DEFAULT_MAX_CONNECTIONS: u64 = 1_024;
+/// Body bytes held at once by all requests (reserved before reading, by Content-Length or chunk
+/// by chunk): 64 MiB leaves most of a 512 MiB pod to sled's cache and everything else, where
+/// max_connections × max_body_bytes (1 GiB by default) would not.
+const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: u64 = 64 * 1024 * 1024;
 const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// About an hour of traffic at 30 events/s; past it 0Gate retries and we shed load.
 const DEFAULT_MAX_OUTBOX_EVENTS: u64 = 100_000;
@@ -511,6 +518,13 @@ fn validate(
         raw.server.max_connections,
         DEFAULT_MAX_CONNECTIONS,
         1_000_000,
+    );
+    // Reserved through a semaphore whose requests count in u32.
+    let max_body_bytes_in_flight = positive(
+        "server.max_body_bytes_in_flight",
+        raw.server.max_body_bytes_in_flight,
+        DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+        u64::from(u32::MAX),
     );
     let shutdown_grace_ms = positive(
         "server.shutdown_grace_ms",
@@ -740,6 +754,14 @@ fn validate(
             }
         }
     }
+    if max_body_bytes_in_flight < max_body_bytes {
+        problem(
+            "server.max_body_bytes_in_flight",
+            format!(
+                "{max_body_bytes_in_flight} is below server.max_body_bytes ({max_body_bytes}): no body of the largest allowed size could be read"
+            ),
+        );
+    }
 
     let ms = Duration::from_millis;
     Config {
@@ -749,6 +771,8 @@ fn validate(
             header_read_timeout: ms(header_read_timeout_ms),
             request_timeout: ms(request_timeout_ms),
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            max_body_bytes_in_flight: usize::try_from(max_body_bytes_in_flight)
+                .unwrap_or(usize::MAX),
             shutdown_grace: ms(shutdown_grace_ms),
             tls: raw.server.tls.map(|t| crate::tls::TlsSettings {
                 cert_path: t.cert_path,

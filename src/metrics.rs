@@ -41,6 +41,7 @@ pub struct Metrics {
     pub requests_in_flight: IntGauge,
     pub events_parked: IntGauge,
     pub events_parked_total: IntCounter,
+    pub body_bytes_in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -159,6 +160,11 @@ impl Metrics {
             events_parked_total: IntCounter::new(
                 "gate_relay_events_parked_total",
                 "Events parked since start.",
+)
+            .expect("valid metric"),
+            body_bytes_in_flight: IntGauge::new(
+                "gate_relay_body_bytes_in_flight",
+                "Body bytes reserved by requests being read or handled (bounded by server.max_body_bytes_in_flight).",
             )
             .expect("valid metric"),
             registry,
@@ -187,6 +193,7 @@ impl Metrics {
             Box::new(self.requests_in_flight.clone()),
             Box::new(self.events_parked.clone()),
             Box::new(self.events_parked_total.clone()),
+            Box::new(self.body_bytes_in_flight.clone()),
         ];
         for collector in collectors {
             self.registry

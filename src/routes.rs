@@ -1,7 +1,10 @@
 //! The webhook listener's routes: (method, path) → endpoint → `ingest`, and the ONE place where
 //! outcomes and errors become HTTP responses.
 //!
-//! Owns: body limits (Content-Length checked before reading, enforced while reading), the request
+//! Owns: body limits (Content-Length checked before reading, enforced while reading), the
+//! pre-body checks (framing, and `Gate-Signature` present, within its size cap, well formed and
+//! fresh: a sender without a plausible header makes us buffer nothing), the shared budget of body
+//! bytes in flight (reserved by Content-Length before reading, or chunk by chunk), the request
 //! deadline, request ids, the per-request log line and request metrics. Does not own: what makes a
 //! delivery valid (`ingest`). Response bodies are short, stable JSON codes; details go to the log.
 
@@ -11,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -37,6 +40,8 @@ pub enum Outcome {
     StaleTimestamp,
     MalformedHeader,
     MissingHeader,
+    SignatureTooLarge,
+    InvalidFraming,
     InvalidBody,
     TooLarge,
     NotFound,
@@ -55,6 +60,8 @@ impl Outcome {
             Self::StaleTimestamp => "stale_timestamp",
             Self::MalformedHeader => "malformed_header",
             Self::MissingHeader => "missing_header",
+            Self::SignatureTooLarge => "signature_too_large",
+            Self::InvalidFraming => "invalid_framing",
             Self::InvalidBody => "invalid_body",
             Self::TooLarge => "too_large",
             Self::NotFound => "not_found",
@@ -79,6 +86,16 @@ pub struct Routes {
     /// Deliveries being handled at once. HTTP/2 multiplexes several per connection, so the
     /// connection bound alone would not bound memory (each holds up to `max_body_bytes`).
     in_flight: Semaphore,
+    /// Body bytes all deliveries together may hold: the count bound above times max_body_bytes
+    /// would be far more memory than a pod has.
+    body_budget: Semaphore,
+}
+
+/// Why reading a body stopped.
+enum ReadError {
+    TooLarge,
+    OverBudget,
+    Failed(String),
 }
 
 /// Process-unique request ids: a random per-process prefix and a counter.
@@ -126,6 +143,10 @@ struct Answer {
 }
 
 impl Routes {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is one configured bound, named at the one call site in app.rs"
+    )]
     pub fn new(
         endpoints: &[Endpoint],
         ingest: Ingest,
@@ -134,6 +155,7 @@ impl Routes {
         request_timeout: Duration,
         retry_after_secs: u64,
         max_in_flight: usize,
+        max_body_bytes_in_flight: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
             endpoints: ArcSwap::from_pointee(by_path(endpoints)),
@@ -144,6 +166,7 @@ impl Routes {
             retry_after_secs,
             request_ids: RequestIds::new(),
             in_flight: Semaphore::new(max_in_flight),
+            body_budget: Semaphore::new(max_body_bytes_in_flight.min(Semaphore::MAX_PERMITS)),
         })
     }
 
@@ -216,8 +239,18 @@ impl Routes {
         request_id: &str,
     ) -> Answer {
         let received_at = SystemTime::now();
-        let declared = req
-            .headers()
+        let headers = req.headers();
+        // Both framings at once is how requests are smuggled past a proxy that reads the other
+        // one; hyper would follow chunked, but the request is ambiguous, so refuse it.
+        if headers.contains_key(header::TRANSFER_ENCODING)
+            && headers.contains_key(header::CONTENT_LENGTH)
+        {
+            return Answer {
+                detail: Some("both content-length and transfer-encoding".to_owned()),
+                ..self.simple(Outcome::InvalidFraming)
+            };
+        }
+        let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
@@ -231,36 +264,10 @@ impl Routes {
                 ..self.simple(Outcome::TooLarge)
             };
         }
-        let (parts, body) = req.into_parts();
-        // The deadline splits by whose fault it is: a slow body is the client's (408); slow
-        // storage or a slow broker is ours (503, retry later).
-        let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let read =
-            tokio::time::timeout_at(deadline, Limited::new(body, self.max_body_bytes).collect());
-        let body = match read.await {
-            Err(_) => {
-                return Answer {
-                    detail: Some("the body did not arrive before the request deadline".to_owned()),
-                    ..self.simple(Outcome::RequestTimeout)
-                };
-            }
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) if e.is::<LengthLimitError>() => return self.simple(Outcome::TooLarge),
-            Ok(Err(e)) => {
-                return Answer {
-                    detail: Some(format!("reading the body failed: {e}")),
-                    ..self.simple(Outcome::InvalidBody)
-                };
-            }
-        };
         // A header that is not visible ASCII cannot carry a valid signature.
-        let signature = match parts
-            .headers
-            .get(signature::HEADER)
-            .map(HeaderValue::to_str)
-        {
+        let signature = match headers.get(signature::HEADER).map(HeaderValue::to_str) {
             None => None,
-            Some(Ok(value)) => Some(value),
+            Some(Ok(value)) => Some(value.to_owned()),
             Some(Err(_)) => {
                 return Answer {
                     detail: Some("Gate-Signature is not visible ASCII".to_owned()),
@@ -268,6 +275,45 @@ impl Routes {
                 };
             }
         };
+        // Everything about the header that needs no body, before reading a byte of it (and
+        // before `Expect: 100-continue` is answered, which hyper does when the body is polled).
+        if let Err(e) = signature::precheck(
+            signature.as_deref(),
+            unix_secs(received_at),
+            endpoint.tolerance_secs,
+        ) {
+            return Answer {
+                detail: Some(e.to_string()),
+                ..self.simple(outcome_of_signature(&e))
+            };
+        }
+        let mut reserved = Reserved::new(&self.body_budget, &self.metrics.body_bytes_in_flight);
+        if declared.is_some_and(|n| !reserved.grow(n as usize)) {
+            return self.over_budget();
+        }
+        let (_, body) = req.into_parts();
+        // The deadline splits by whose fault it is: a slow body is the client's (408); slow
+        // storage or a slow broker is ours (503, retry later).
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let read = tokio::time::timeout_at(deadline, self.read_body(body, declared, &mut reserved));
+        let body = match read.await {
+            Err(_) => {
+                return Answer {
+                    detail: Some("the body did not arrive before the request deadline".to_owned()),
+                    ..self.simple(Outcome::RequestTimeout)
+                };
+            }
+            Ok(Ok(body)) => body,
+            Ok(Err(ReadError::TooLarge)) => return self.simple(Outcome::TooLarge),
+            Ok(Err(ReadError::OverBudget)) => return self.over_budget(),
+            Ok(Err(ReadError::Failed(e))) => {
+                return Answer {
+                    detail: Some(format!("reading the body failed: {e}")),
+                    ..self.simple(Outcome::InvalidBody)
+                };
+            }
+        };
+        let signature = signature.as_deref();
         let delivery = Delivery {
             endpoint,
             signature,
@@ -302,6 +348,43 @@ impl Routes {
                 ..self.simple(Outcome::Internal)
             },
         }
+    }
+
+    fn over_budget(&self) -> Answer {
+        Answer {
+            detail: Some("body bytes in flight over server.max_body_bytes_in_flight".to_owned()),
+            ..self.simple(Outcome::Unavailable)
+        }
+    }
+
+    /// Reads the body within max_body_bytes, reserving from the shared budget whatever the
+    /// Content-Length reservation does not already cover (all of it, for a chunked body).
+    async fn read_body(
+        &self,
+        body: Incoming,
+        declared: Option<u64>,
+        reserved: &mut Reserved<'_>,
+    ) -> Result<Bytes, ReadError> {
+        let mut body = Limited::new(body, self.max_body_bytes);
+        // declared is at most max_body_bytes (checked) and already reserved.
+        let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                if e.is::<LengthLimitError>() {
+                    ReadError::TooLarge
+                } else {
+                    ReadError::Failed(e.to_string())
+                }
+            })?;
+            if let Ok(data) = frame.into_data() {
+                let needed = (buf.len() + data.len()).saturating_sub(reserved.bytes);
+                if needed > 0 && !reserved.grow(needed) {
+                    return Err(ReadError::OverBudget);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(buf.freeze())
     }
 
     /// The one mapping from outcome to status and body.
@@ -365,6 +448,53 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Body bytes taken from the shared budget, on the gauge until dropped (also when the handler is
+/// cancelled because the client went away).
+struct Reserved<'a> {
+    budget: &'a Semaphore,
+    gauge: &'a prometheus::IntGauge,
+    bytes: usize,
+}
+
+impl<'a> Reserved<'a> {
+    fn new(budget: &'a Semaphore, gauge: &'a prometheus::IntGauge) -> Self {
+        Self {
+            budget,
+            gauge,
+            bytes: 0,
+        }
+    }
+
+    /// Takes `n` more bytes if the budget has them now; never waits, so a full budget is a 503.
+    fn grow(&mut self, n: usize) -> bool {
+        let Ok(permits) = u32::try_from(n) else {
+            return false;
+        };
+        match self.budget.try_acquire_many(permits) {
+            Ok(permit) => {
+                // Given back by count in Drop, however many times this grew.
+                permit.forget();
+                self.bytes += n;
+                self.gauge.add(n as i64);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.budget.add_permits(self.bytes);
+        self.gauge.sub(self.bytes as i64);
+    }
+}
+
+fn unix_secs(at: SystemTime) -> i64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 fn by_path(endpoints: &[Endpoint]) -> HashMap<String, Endpoint> {
     endpoints
         .iter()
@@ -374,10 +504,7 @@ fn by_path(endpoints: &[Endpoint]) -> HashMap<String, Endpoint> {
 
 fn outcome_of(error: &IngestError) -> Outcome {
     match error {
-        IngestError::Signature(SignatureError::MissingHeader) => Outcome::MissingHeader,
-        IngestError::Signature(SignatureError::Malformed(_)) => Outcome::MalformedHeader,
-        IngestError::Signature(SignatureError::StaleTimestamp { .. }) => Outcome::StaleTimestamp,
-        IngestError::Signature(SignatureError::Mismatch) => Outcome::InvalidSignature,
+        IngestError::Signature(e) => outcome_of_signature(e),
         IngestError::Envelope(
             EnvelopeError::InvalidJson(_)
             | EnvelopeError::MissingId
@@ -392,12 +519,24 @@ fn outcome_of(error: &IngestError) -> Outcome {
     }
 }
 
+fn outcome_of_signature(error: &SignatureError) -> Outcome {
+    match error {
+        SignatureError::MissingHeader => Outcome::MissingHeader,
+        SignatureError::TooLarge { .. } => Outcome::SignatureTooLarge,
+        SignatureError::Malformed(_) => Outcome::MalformedHeader,
+        SignatureError::StaleTimestamp { .. } => Outcome::StaleTimestamp,
+        SignatureError::Mismatch => Outcome::InvalidSignature,
+    }
+}
+
 fn status_of(outcome: Outcome) -> StatusCode {
     match outcome {
         Outcome::Accepted | Outcome::Duplicate => StatusCode::OK,
-        Outcome::MalformedHeader | Outcome::MissingHeader | Outcome::InvalidBody => {
-            StatusCode::BAD_REQUEST
-        }
+        Outcome::MalformedHeader
+        | Outcome::MissingHeader
+        | Outcome::InvalidFraming
+        | Outcome::InvalidBody => StatusCode::BAD_REQUEST,
+        Outcome::SignatureTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         Outcome::InvalidSignature | Outcome::StaleTimestamp => StatusCode::UNAUTHORIZED,
         Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Outcome::NotFound => StatusCode::NOT_FOUND,

@@ -1,16 +1,22 @@
 //! The HTTP listener: accepts connections and serves HTTP/1.1 and HTTP/2 with hyper.
 //!
 //! Owns: the connection bound (a semaphore permit per open connection, taken before `accept`, so
-//! excess clients wait in the kernel backlog), the header-read timeout (hyper ignores it unless a
-//! timer is set, so one is), and graceful shutdown: stop accepting, let open connections finish
-//! within the grace period, then close what is left. With TLS, the handshake runs in the
-//! connection's own task under the same timeout as the headers. Does not own: what a request
-//! means (`routes`) or certificates (`tls`).
+//! excess clients wait in the kernel backlog), the bounds on request heads (bytes and count, both
+//! protocols), the header-read timeout (hyper ignores it unless a timer is set, so one is), the
+//! idle timeout, and graceful shutdown: stop accepting, let open connections finish within the
+//! grace period, then close what is left. With TLS, the handshake runs in the connection's own
+//! task under the same timeout as the headers. Does not own: what a request means (`routes`) or
+//! certificates (`tls`).
+//!
+//! Guarantee: a connection with no request open for `header_read_timeout` is closed, whatever
+//! the protocol and whether or not the peer answers pings (hyper closes idle HTTP/1.1
+//! connections itself; for HTTP/2 and for protocol detection it has no idle timeout, so the
+//! service counts open requests and the connection task shuts the connection down).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,9 +27,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +38,59 @@ use tokio_util::sync::CancellationToken;
 const H2_MAX_STREAMS: u32 = 8;
 /// An HTTP/2 peer that does not answer a ping within this is gone.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+/// A request head (request line or pseudo-headers plus every header): 0Gate sends well under
+/// 2 KiB, a proxy adds a few forwarding headers; 16 KiB is the common proxy default (nginx,
+/// Envoy's 60 KiB aside) and caps what an unauthenticated client makes us buffer per head.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Headers per HTTP/1.1 request: 0Gate sends about ten, proxies add a handful. hyper's default
+/// is 100; fewer also means less work spent on a request that is then refused.
+const MAX_HEADERS: usize = 64;
+
+/// Plain TCP or TLS, so both are served by one code path.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// Requests open on one connection, and a wake-up whenever that changes.
+#[derive(Default)]
+struct OpenRequests {
+    count: AtomicUsize,
+    changed: Notify,
+}
+
+impl OpenRequests {
+    fn open(self: &Arc<Self>) -> OpenRequest {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        OpenRequest(Arc::clone(self))
+    }
+
+    /// Returns once the connection has had no request open for `limit` in one stretch.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the count is read, so a change in between is not missed.
+            changed.as_mut().enable();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                if tokio::time::timeout(limit, changed).await.is_err() {
+                    return;
+                }
+            } else {
+                changed.await;
+            }
+        }
+    }
+}
+
+/// One open request; dropped when its handler finishes or is cancelled.
+struct OpenRequest(Arc<OpenRequests>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
+}
 
 /// What the listener is allowed to hold open.
 #[derive(Debug, Clone)]
@@ -54,20 +113,24 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
     builder
         .http2()
         .timer(TokioTimer::new())
         // Bounds what one HTTP/2 connection can hold: streams (each buffering up to
-        // max_body_bytes) and how long a dead peer keeps its slot.
+        // max_body_bytes), header bytes, and how long a dead peer keeps its slot.
         .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).expect("16 KiB fits in u32"))
         .keep_alive_interval(Some(H2_KEEP_ALIVE))
         .keep_alive_timeout(H2_KEEP_ALIVE);
+    let builder = Arc::new(builder);
+    let draining = CancellationToken::new();
     let mut connections = JoinSet::new();
 
     loop {
@@ -91,53 +154,73 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        // Set by the first request: until then the connection is on a deadline (see below).
-        let first_request = Arc::new(AtomicBool::new(false));
-        let seen = Arc::clone(&first_request);
+        let open = Arc::new(OpenRequests::default());
+        let counted = Arc::clone(&open);
         let service = service_fn(move |req| {
-            seen.store(true, Ordering::Relaxed);
+            let request = counted.open();
             let response = handler(req);
-            async move { Ok::<_, Infallible>(response.await) }
+            async move {
+                let response = response.await;
+                drop(request);
+                Ok::<_, Infallible>(response)
+            }
         });
-        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
-        let first_request_timeout = limits.header_read_timeout;
+        let (builder, tls, draining) = (Arc::clone(&builder), tls.clone(), draining.clone());
+        let timeout = limits.header_read_timeout;
         connections.spawn(async move {
-            let serve = async {
-                match tls {
-                    None => {
-                        let connection = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(connection.into_owned()).await
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(stream),
+                // A handshake that does not finish in time holds no slot past the timeout.
+                Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => Box::new(stream),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "tls handshake failed");
+                        return;
                     }
-                    Some(acceptor) => {
-                        let stream = match acceptor.accept(stream).await {
-                            Ok(stream) => stream,
-                            Err(e) => {
-                                tracing::debug!(%peer, error = %e, "tls handshake failed");
-                                return Ok(());
-                            }
-                        };
-                        let connection = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(connection.into_owned()).await
+                    Err(_) => {
+                        tracing::debug!(%peer, "tls handshake not done before the header-read timeout; closed");
+                        return;
                     }
-                }
+                },
             };
-            // hyper's header-read timeout starts only after the protocol is known, so a client
-            // that sends nothing (or a few bytes, or only a TLS handshake) would hold its
-            // connection slot forever. The TLS handshake and the first request's headers must
-            // both arrive within the header-read timeout.
-            let deadline = async {
-                tokio::time::sleep(first_request_timeout).await;
-                if first_request.load(Ordering::Relaxed) {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                served = serve => {
-                    if let Err(e) = served {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let connection = builder.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(connection);
+            // Idle (no request open) for the timeout: ask the connection to close (HTTP/2
+            // GOAWAY; cancels protocol detection, which waits for 24 bytes with no timeout of
+            // its own). Draining: the same, for every connection. A peer that then still does
+            // not let go within the timeout is dropped.
+            let mut closing = false;
+            let mut drop_at: Option<tokio::time::Instant> = None;
+            loop {
+                let hard_close = async {
+                    match drop_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    served = connection.as_mut() => {
+                        if let Err(e) = served {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = open.idle_for(timeout), if !closing => {
+                        tracing::debug!(%peer, "idle past the header-read timeout; closing");
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                        drop_at = Some(tokio::time::Instant::now() + timeout);
+                    }
+                    // The listener's grace period bounds how long this one may take.
+                    () = draining.cancelled(), if !closing => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    () = hard_close => {
+                        tracing::debug!(%peer, "did not close after being asked; dropped");
+                        break;
                     }
                 }
-                () = deadline => tracing::debug!(%peer, "no request before the header-read timeout; closed"),
             }
             drop(permit);
         });
@@ -146,8 +229,10 @@ pub async fn serve<H, F>(
     drop(listener);
     let open = connections.len();
     tracing::info!(open, "stopped accepting; draining connections");
+    draining.cancel();
+    let drained = async { while connections.join_next().await.is_some() {} };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("connections drained"),
+        () = drained => tracing::info!("connections drained"),
         () = tokio::time::sleep(limits.shutdown_grace) => {
             tracing::warn!(open = connections.len(), "grace period over; closing open connections");
         }

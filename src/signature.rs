@@ -23,6 +23,12 @@ pub const HEADER: &str = "Gate-Signature";
 /// A MAC is 32 bytes, 64 hex characters.
 const MAC_LEN: usize = 32;
 
+/// The longest `Gate-Signature` value accepted. It is stored with the event and sent on as an
+/// AMQP header, so an unbounded one can exceed RabbitMQ's frame_max and make the broker close the
+/// connection on every publish. `t=` plus eight `v1=` values of 64 hex characters (key rotation)
+/// is under 600 bytes; 2 KiB leaves room for separators, spaces and future schemes.
+pub const MAX_HEADER_LEN: usize = 2048;
+
 /// More `v1` values than this in one header is not a rotation, it is an attempt to make us work.
 const MAX_V1_VALUES: usize = 8;
 
@@ -62,6 +68,8 @@ impl Verified {
 pub enum SignatureError {
     #[error("the Gate-Signature header is missing")]
     MissingHeader,
+    #[error("the Gate-Signature header is {len} bytes, over the limit")]
+    TooLarge { len: usize },
     #[error("the Gate-Signature header is malformed: {0}")]
     Malformed(&'static str),
     #[error("the signature timestamp is {skew_secs} s away from now, over the tolerance")]
@@ -140,6 +148,31 @@ fn decode_mac(value: &str) -> Option<[u8; MAC_LEN]> {
     Some(mac)
 }
 
+/// What can be checked without the body: the header is present, within [`MAX_HEADER_LEN`],
+/// well formed, and its `t` within the tolerance of `now` (unix seconds). The transport calls it
+/// before reading a body, so a sender without a plausible header makes us buffer nothing;
+/// [`verify`] checks all of it again.
+pub fn precheck(header: Option<&str>, now: i64, tolerance_secs: u32) -> Result<(), SignatureError> {
+    parse_fresh(header, now, tolerance_secs).map(|_| ())
+}
+
+fn parse_fresh(
+    header: Option<&str>,
+    now: i64,
+    tolerance_secs: u32,
+) -> Result<(&str, Parsed), SignatureError> {
+    let header = header.ok_or(SignatureError::MissingHeader)?;
+    if header.len() > MAX_HEADER_LEN {
+        return Err(SignatureError::TooLarge { len: header.len() });
+    }
+    let parsed = parse(header)?;
+    let skew_secs = now.saturating_sub(parsed.timestamp);
+    if skew_secs.unsigned_abs() > u64::from(tolerance_secs) {
+        return Err(SignatureError::StaleTimestamp { skew_secs });
+    }
+    Ok((header, parsed))
+}
+
 /// Verifies `header` over `body` against every secret; `now` is unix seconds.
 pub fn verify(
     secrets: &[Secret],
@@ -148,12 +181,7 @@ pub fn verify(
     now: i64,
     tolerance_secs: u32,
 ) -> Result<Verified, SignatureError> {
-    let header = header.ok_or(SignatureError::MissingHeader)?;
-    let parsed = parse(header)?;
-    let skew_secs = now.saturating_sub(parsed.timestamp);
-    if skew_secs.unsigned_abs() > u64::from(tolerance_secs) {
-        return Err(SignatureError::StaleTimestamp { skew_secs });
-    }
+    let (header, parsed) = parse_fresh(header, now, tolerance_secs)?;
     let timestamp = parsed.timestamp.to_string();
     for (secret_index, secret) in secrets.iter().enumerate() {
         // Config refuses short secrets; an empty key would make forging trivial, so never use one.
@@ -431,5 +459,80 @@ mod tests {
             got.map(|_| ()),
             Err(SignatureError::Malformed("too many v1 values"))
         );
+    }
+
+    #[test]
+    fn the_most_v1_values_allowed_fit_within_the_length_cap() {
+        let good = mac_hex("whsec_a", NOW, BODY);
+        let header = format!("t={NOW}{}", format!(", v1={good}").repeat(MAX_V1_VALUES));
+        assert!(header.len() <= MAX_HEADER_LEN, "{} bytes", header.len());
+        let got = verify(
+            &[secret("whsec_a")],
+            Some(&header),
+            Bytes::from_static(BODY),
+            NOW,
+            300,
+        );
+        assert_eq!(got.map(|v| v.secret_index()), Ok(0));
+    }
+
+    #[test]
+    fn a_header_over_the_length_cap_is_refused_even_when_it_would_verify() {
+        let header = format!(
+            "{},pad={}",
+            sign(&secret("whsec_a"), NOW, BODY),
+            "a".repeat(MAX_HEADER_LEN)
+        );
+        let len = header.len();
+        let got = verify(
+            &[secret("whsec_a")],
+            Some(&header),
+            Bytes::from_static(BODY),
+            NOW,
+            300,
+        );
+        assert_eq!(got.map(|_| ()), Err(SignatureError::TooLarge { len }));
+    }
+
+    #[test]
+    fn precheck_table() {
+        let good = mac_hex("whsec_a", NOW, BODY);
+        let long = format!("t={NOW},v1={good},x={}", "a".repeat(MAX_HEADER_LEN));
+        let cases: Vec<(&str, Option<String>, Result<(), SignatureError>)> = vec![
+            (
+                "plausible (the MAC is not checked)",
+                Some(format!("t={NOW},v1={}", "0".repeat(64))),
+                Ok(()),
+            ),
+            ("missing", None, Err(SignatureError::MissingHeader)),
+            (
+                "no t",
+                Some(format!("v1={good}")),
+                Err(SignatureError::Malformed("missing t")),
+            ),
+            (
+                "no v1",
+                Some(format!("t={NOW}")),
+                Err(SignatureError::Malformed("missing v1")),
+            ),
+            (
+                "stale",
+                Some(format!("t={},v1={good}", NOW - 301)),
+                Err(SignatureError::StaleTimestamp { skew_secs: 301 }),
+            ),
+            (
+                "future",
+                Some(format!("t={},v1={good}", NOW + 301)),
+                Err(SignatureError::StaleTimestamp { skew_secs: -301 }),
+            ),
+            (
+                "too long",
+                Some(long.clone()),
+                Err(SignatureError::TooLarge { len: long.len() }),
+            ),
+        ];
+        for (name, header, want) in cases {
+            assert_eq!(precheck(header.as_deref(), NOW, 300), want, "{name}");
+        }
     }
 }

@@ -624,8 +624,13 @@ async fn http2_streams_cannot_exceed_the_delivery_bound() {
     // The first stream sends half a body and stalls, holding the only delivery slot.
     let (mut body_tx, body) =
         http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+    // A plausible signature: a request without one is now refused before its body is read.
     let stalled = http::Request::post(PATH)
         .header("content-length", "100")
+        .header(
+            "gate-signature",
+            support::sign(support::SECRET, support::now(), b"{}"),
+        )
         .body(body)
         .expect("request");
     let mut first_sender = sender.clone();

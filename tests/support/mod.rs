@@ -107,6 +107,8 @@ pub struct Options {
     pub live_endpoint: bool,
     /// `[amqp] park_after_attempts`.
     pub park_after_attempts: u32,
+    /// Further `[server]` lines, verbatim (keys a test needs that have no field here).
+    pub server_extra: String,
 }
 
 impl Default for Options {
@@ -127,6 +129,7 @@ impl Default for Options {
             max_connections: 1024,
             live_endpoint: false,
             park_after_attempts: 20,
+            server_extra: String::new(),
         }
     }
 }
@@ -285,6 +288,7 @@ max_body_bytes = {max_body}
 header_read_timeout_ms = {header_timeout}
 shutdown_grace_ms = 5000
 max_connections = {max_connections}
+{server_extra}
 {tls}
 [admin]
 listen = "{admin}"
@@ -325,6 +329,7 @@ tolerance_secs = 300
         max_body = options.max_body_bytes,
         park_after = options.park_after_attempts,
         max_connections = options.max_connections,
+        server_extra = options.server_extra,
         header_timeout = options.header_read_timeout_ms,
         store = store.display(),
         max_outbox = options.max_outbox_events,
