@@ -57,25 +57,7 @@ async fn a_nacked_event_is_parked_at_the_bound_while_newer_events_keep_flowing()
     let app = TestApp::spawn("parking.nack", options).await;
     let t = &app.topology;
     // The test queue takes only "a" events; "b" events reach nothing but the rejecting queue.
-    t.channel
-        .queue_unbind(
-            t.queue.as_str().into(),
-            t.exchange.as_str().into(),
-            "#".into(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("unbind");
-    t.channel
-        .queue_bind(
-            t.queue.as_str().into(),
-            t.exchange.as_str().into(),
-            "test.a.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
+    t.route_only(Some("test.a.#")).await;
     bind_rejecting_queue(&app, "test.b.#").await;
 
     let poison = unique("evt");
@@ -147,15 +129,7 @@ async fn a_parked_event_replayed_after_the_fix_is_delivered() {
     };
     let app = TestApp::spawn("parking.replay", options).await;
     let t = &app.topology;
-    t.channel
-        .queue_unbind(
-            t.queue.as_str().into(),
-            t.exchange.as_str().into(),
-            "#".into(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("unbind");
+    t.route_only(None).await;
     // Nothing is bound: every event comes back as a basic.return.
     let id = unique("evt");
     assert_eq!(app.post_event(&event_body(&id, "c.z")).await.status, 200);
@@ -163,16 +137,7 @@ async fn a_parked_event_replayed_after_the_fix_is_delivered() {
         state_of(&app, &id) == Some(EventState::Parked)
     })
     .await;
-    t.channel
-        .queue_bind(
-            t.queue.as_str().into(),
-            t.exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
+    t.bind("#").await;
     let (status, _) = app
         .admin(http::Method::POST, &format!("/events/{id}/replay"), None)
         .await;

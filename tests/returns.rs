@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gate_relay::store::{EventState, ListFilter};
-use lapin::options::QueueBindOptions;
-use lapin::types::FieldTable;
 use support::{Options, TestApp, event_body, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,26 +21,7 @@ async fn unroutable_events_are_never_marked_published_among_routable_ones() {
     )
     .await;
     let t = &app.topology;
-    t.channel
-        .queue_unbind(
-            t.queue.as_str().into(),
-            t.exchange.as_str().into(),
-            "#".into(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("unbind");
-    // Only "a.*" events route; "b.y" events are returned (mandatory) and must stay pending.
-    t.channel
-        .queue_bind(
-            t.queue.as_str().into(),
-            t.exchange.as_str().into(),
-            "test.a.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
+    t.route_only(Some("test.a.#")).await;
     let app = Arc::new(app);
     let mut tasks = Vec::new();
     for i in 0..600 {
@@ -109,26 +88,7 @@ async fn a_return_in_one_environment_does_not_settle_the_same_id_in_another() {
     )
     .await;
     let t = &app.topology;
-    t.channel
-        .queue_unbind(
-            t.queue.as_str().into(),
-            t.exchange.as_str().into(),
-            "#".into(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("unbind");
-    // Only live events route; the same ids sent to the test endpoint are returned.
-    t.channel
-        .queue_bind(
-            t.queue.as_str().into(),
-            t.exchange.as_str().into(),
-            "live.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
+    t.route_only(Some("live.#")).await;
     let app = Arc::new(app);
     let ids: Vec<String> = (0..300).map(|_| unique("evt")).collect();
     let mut tasks = Vec::new();

@@ -258,6 +258,37 @@ impl Topology {
             .collect()
     }
 
+    /// Routes to the test's queue only what matches `routing_key` (instead of `#`); `None`
+    /// routes nothing, so every publish comes back as a return.
+    pub async fn route_only(&self, routing_key: Option<&str>) {
+        self.channel
+            .queue_unbind(
+                self.queue.as_str().into(),
+                self.exchange.as_str().into(),
+                "#".into(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("unbind");
+        if let Some(routing_key) = routing_key {
+            self.bind(routing_key).await;
+        }
+    }
+
+    /// Also routes `routing_key` to the test's queue.
+    pub async fn bind(&self, routing_key: &str) {
+        self.channel
+            .queue_bind(
+                self.queue.as_str().into(),
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+    }
+
     pub async fn delete(&self) {
         let _ = self
             .channel
