@@ -6,7 +6,9 @@
 //! ext4's journal commit does); [`Metadata::Strict`] makes a directory's entries durable only on
 //! an fsync of that directory (what POSIX promises). A power cut makes every later operation
 //! fail with EIO and returns the durable image; torn, each dirty block not yet synced ends as
-//! its new content, its old content or zeros (seeded, the seed is printed).
+//! its new content, its old content or zeros (seeded, the seed is printed); a block that held
+//! fsynced bytes ends as a mix of old and new 512-byte sectors (a drive's atomic sector writes),
+//! never zeros, unless `POWER_TEAR_NONATOMIC=1`.
 //! Writes reach the filesystem synchronously: no writeback cache, attribute and entry TTL 0.
 
 #![allow(dead_code, reason = "each test target uses a different part")]
@@ -23,8 +25,16 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
+/// True when `POWER_TEAR_NONATOMIC=1`: a torn block that held fsynced bytes may end as zeros.
+fn nonatomic_sectors() -> bool {
+    std::env::var("POWER_TEAR_NONATOMIC").is_ok_and(|v| v == "1")
+}
+
 /// The unit of a torn write: a page, as a drive or the page cache tears them.
 pub const BLOCK: usize = 4096;
+/// The unit a drive writes atomically: a torn block that held fsynced bytes mixes old and new
+/// sectors of this size.
+const SECTOR: usize = 512;
 /// Zero: the kernel asks again every time, so it never answers from a stale cache.
 const TTL: Duration = Duration::ZERO;
 
@@ -170,6 +180,24 @@ impl PowerFs {
                                 continue;
                             }
                             let end = (start + BLOCK).min(durable.len());
+                            // A block that already held fsynced bytes tears as a drive with
+                            // atomic sector writes tears it: each 512-byte sector old or new,
+                            // never zeros. `POWER_TEAR_NONATOMIC=1` drops that assumption (sled
+                            // then loses the tail of its log now and then: RELIABILITY.md).
+                            let held_durable = start < f.durable.len();
+                            if held_durable && !nonatomic_sectors() {
+                                for sector in (start..end).step_by(SECTOR) {
+                                    if rng.next() % 2 == 0 {
+                                        let stop = (sector + SECTOR).min(end);
+                                        for (i, byte) in
+                                            durable[sector..stop].iter_mut().enumerate()
+                                        {
+                                            *byte = f.current.get(sector + i).copied().unwrap_or(0);
+                                        }
+                                    }
+                                }
+                                continue;
+                            }
                             match rng.next() % 3 {
                                 0 => {
                                     for (i, byte) in durable[start..end].iter_mut().enumerate() {
