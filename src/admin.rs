@@ -50,6 +50,14 @@ fn fail(status: StatusCode, code: &'static str) -> ApiError {
     ApiError(status, code)
 }
 
+/// A 500 whose cause goes to the log: the response carries only the stable code.
+fn internal<E: std::fmt::Display>(during: &'static str) -> impl FnOnce(E) -> ApiError {
+    move |e| {
+        tracing::error!(error = %e, during, "admin request failed");
+        fail(StatusCode::INTERNAL_SERVER_ERROR, "internal")
+    }
+}
+
 fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     reply(status, "application/json", body.to_string())
 }
@@ -248,13 +256,12 @@ impl Admin {
     }
 
     fn view(&self, record: &EventRecord, with_body: bool) -> Result<serde_json::Value, ApiError> {
-        let mut value = serde_json::to_value(record)
-            .map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal"))?;
+        let mut value = serde_json::to_value(record).map_err(internal("serialising a record"))?;
         if with_body {
             let body = self
                 .store
                 .body(record.seq, record.size)
-                .map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal"))?;
+                .map_err(internal("reading a body"))?;
             value["body"] = body.map_or(serde_json::Value::Null, |b| {
                 String::from_utf8_lossy(&b).into_owned().into()
             });
@@ -267,7 +274,7 @@ impl Admin {
         let record = self
             .store
             .record(&key)
-            .map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal"))?
+            .map_err(internal("reading a record"))?
             .ok_or_else(|| fail(StatusCode::NOT_FOUND, "not_found"))?;
         let with_body = param(query, "body") == Some("true");
         Ok(json(StatusCode::OK, &self.view(&record, with_body)?))
@@ -300,7 +307,7 @@ impl Admin {
         let listing = self
             .store
             .list(&filter, number("before")?, limit.clamp(1, MAX_LIST_LIMIT))
-            .map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal"))?;
+            .map_err(internal("listing events"))?;
         let events = listing
             .events
             .iter()
@@ -319,10 +326,7 @@ impl Admin {
         }
         let outcome = self.store.replay(&key).await.map_err(|e| match e {
             StoreError::OutboxFull { .. } => fail(StatusCode::SERVICE_UNAVAILABLE, "outbox_full"),
-            e => {
-                tracing::error!(error = %e, "replay failed");
-                fail(StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
+            e => internal("replaying")(e),
         })?;
         let event_id = percent_decode(raw_id, false).unwrap_or_default();
         match outcome {
@@ -347,10 +351,11 @@ impl Admin {
         query: &[(String, String)],
     ) -> Result<Answer, ApiError> {
         let key = self.key(raw_id, query)?;
-        let outcome = self.store.drop_parked(&key).await.map_err(|e| {
-            tracing::error!(error = %e, "drop failed");
-            fail(StatusCode::INTERNAL_SERVER_ERROR, "internal")
-        })?;
+        let outcome = self
+            .store
+            .drop_parked(&key)
+            .await
+            .map_err(internal("dropping"))?;
         let event_id = percent_decode(raw_id, false).unwrap_or_default();
         match outcome {
             DropOutcome::Dropped => {

@@ -43,6 +43,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("cannot install the SIGHUP handler (reload): {0}")]
+    Signal(std::io::Error),
     #[error(
         "a store flush failed; events acknowledged since the last good flush may need 0Gate's retry (see the log)"
     )]
@@ -263,13 +265,11 @@ pub async fn run(
     reload: impl Fn() -> Result<Config, String>,
     signal: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    // Installed first: failing here leaves nothing started to shut down.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(AppError::Signal)?;
     let listeners = Listeners::bind(&config).await?;
     let running = start(config, listeners).await?;
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|source| AppError::Bind {
-            addr: running.addr,
-            source,
-        })?;
     tokio::pin!(signal);
     loop {
         tokio::select! {

@@ -6,7 +6,7 @@
 //!    duplicate finds the existing record; either way we wait for the flush that covers it;
 //! 4. in `confirmed` mode, wait (bounded) for the publisher to report the broker's confirm.
 //!
-//! Knows no HTTP: `routes` maps [`Accepted`] and [`IngestError`] to responses. Guarantee: `Ok`
+//! Knows no HTTP: `routes` maps [`Accepted`] and [`Rejected`] to responses. Guarantee: `Ok`
 //! is returned only when the promise of the configured ack mode holds for this event id.
 
 use std::sync::Arc;
@@ -41,17 +41,6 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
-/// Whose fault a failure is; decides the status class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// 4xx: retrying the same request will not help.
-    Client,
-    /// 503 + Retry-After: the event may be kept; retrying later will work.
-    Upstream,
-    /// 500: a bug or a broken disk.
-    Internal,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error(transparent)]
@@ -77,13 +66,20 @@ impl From<StoreError> for IngestError {
     }
 }
 
-impl IngestError {
-    pub fn fault(&self) -> Fault {
-        match self {
-            Self::Signature(_) | Self::Envelope(_) => Fault::Client,
-            Self::OutboxFull | Self::BrokerUnavailable | Self::ConfirmTimeout => Fault::Upstream,
-            Self::Store(StoreError::Closed) => Fault::Upstream,
-            Self::Store(_) => Fault::Internal,
+/// A delivery refused, with the envelope when the body got as far as parsing, so the caller can
+/// log which event failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Rejected {
+    pub error: IngestError,
+    pub envelope: Option<Envelope>,
+}
+
+impl<E: Into<IngestError>> From<E> for Rejected {
+    fn from(error: E) -> Self {
+        Self {
+            error: error.into(),
+            envelope: None,
         }
     }
 }
@@ -125,12 +121,8 @@ impl Ingest {
         }
     }
 
-    /// Takes one delivery from raw bytes to the promise of the ack mode. On error the envelope,
-    /// when it was parsed, comes back too so the caller can log which event failed.
-    pub async fn deliver(
-        &self,
-        delivery: Delivery<'_>,
-    ) -> Result<Accepted, (IngestError, Option<Envelope>)> {
+    /// Takes one delivery from raw bytes to the promise of the ack mode.
+    pub async fn deliver(&self, delivery: Delivery<'_>) -> Result<Accepted, Rejected> {
         let endpoint = delivery.endpoint;
         let verified = signature::verify(
             &endpoint.secrets,
@@ -138,8 +130,7 @@ impl Ingest {
             delivery.body,
             unix_secs(delivery.received_at),
             endpoint.tolerance_secs,
-        )
-        .map_err(|e| (e.into(), None))?;
+        )?;
         self.metrics
             .signature_skew
             .observe((unix_secs(delivery.received_at) - verified.timestamp()) as f64);
@@ -148,7 +139,7 @@ impl Ingest {
             .with_label_values(&[endpoint.name.as_str(), &verified.secret_index().to_string()])
             .inc();
 
-        let envelope = Envelope::parse(&verified).map_err(|e| (e.into(), None))?;
+        let envelope = Envelope::parse(&verified)?;
         self.store_and_confirm(
             delivery.request_id,
             delivery.received_at,
@@ -157,7 +148,10 @@ impl Ingest {
             &envelope,
         )
         .await
-        .map_err(|e| (e, Some(envelope.clone())))
+        .map_err(|error| Rejected {
+            error,
+            envelope: Some(envelope.clone()),
+        })
         .map(|duplicate| Accepted {
             event_id: envelope.id.clone(),
             event_type: envelope.event_type.clone(),

@@ -1,5 +1,5 @@
 //! The webhook listener's routes: (method, path) → endpoint → `ingest`, and the ONE place where
-//! outcomes and errors become HTTP responses.
+//! outcomes become HTTP responses (`outcome` classifies errors into them).
 //!
 //! Owns: body limits (Content-Length checked before reading, enforced while reading), the
 //! pre-body checks (framing, and `Gate-Signature` present, within its size cap, well formed and
@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -21,57 +20,18 @@ use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
 use crate::config::Endpoint;
-use crate::event::EnvelopeError;
-use crate::ingest::{Accepted, Delivery, Fault, Ingest, IngestError};
+use crate::ingest::{Accepted, Delivery, Ingest, Rejected};
 use crate::metrics::Metrics;
-use crate::signature::{self, SignatureError};
+use crate::signature;
 
-/// The header a request id is taken from (when sane) and echoed in.
-pub const REQUEST_ID: &str = "x-request-id";
-/// Longer incoming request ids are replaced rather than stored.
-const MAX_REQUEST_ID_LEN: usize = 128;
+mod budget;
+mod outcome;
+mod request_id;
 
-/// Every way a request can end, as a closed set for metrics and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Accepted,
-    Duplicate,
-    InvalidSignature,
-    StaleTimestamp,
-    MalformedHeader,
-    MissingHeader,
-    SignatureTooLarge,
-    InvalidFraming,
-    InvalidBody,
-    TooLarge,
-    NotFound,
-    MethodNotAllowed,
-    RequestTimeout,
-    Unavailable,
-    Internal,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Accepted => "accepted",
-            Self::Duplicate => "duplicate",
-            Self::InvalidSignature => "invalid_signature",
-            Self::StaleTimestamp => "stale_timestamp",
-            Self::MalformedHeader => "malformed_header",
-            Self::MissingHeader => "missing_header",
-            Self::SignatureTooLarge => "signature_too_large",
-            Self::InvalidFraming => "invalid_framing",
-            Self::InvalidBody => "invalid_body",
-            Self::TooLarge => "too_large",
-            Self::NotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::RequestTimeout => "request_timeout",
-            Self::Unavailable => "unavailable",
-            Self::Internal => "internal",
-        }
-    }
-}
+use budget::{InFlight, Reserved};
+pub use outcome::Outcome;
+pub use request_id::REQUEST_ID;
+use request_id::RequestIds;
 
 #[derive(Debug)]
 pub struct Routes {
@@ -96,42 +56,6 @@ enum ReadError {
     TooLarge,
     OverBudget,
     Failed(String),
-}
-
-/// Process-unique request ids: a random per-process prefix and a counter.
-#[derive(Debug)]
-struct RequestIds {
-    prefix: u64,
-    next: AtomicU64,
-}
-
-impl RequestIds {
-    fn new() -> Self {
-        use std::hash::{BuildHasher, RandomState};
-        Self {
-            prefix: RandomState::new().hash_one(SystemTime::now()),
-            next: AtomicU64::new(0),
-        }
-    }
-
-    fn take(&self, headers: &http::HeaderMap) -> String {
-        let given = headers
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| {
-                !v.is_empty()
-                    && v.len() <= MAX_REQUEST_ID_LEN
-                    && v.bytes().all(|b| b.is_ascii_graphic())
-            });
-        match given {
-            Some(id) => id.to_owned(),
-            None => format!(
-                "{:016x}{:08x}",
-                self.prefix,
-                self.next.fetch_add(1, Ordering::Relaxed)
-            ),
-        }
-    }
 }
 
 /// What a handled request produced, before it becomes a response.
@@ -284,7 +208,7 @@ impl Routes {
         ) {
             return Answer {
                 detail: Some(e.to_string()),
-                ..self.simple(outcome_of_signature(&e))
+                ..self.simple(Outcome::from(&e))
             };
         }
         let mut reserved = Reserved::new(&self.body_budget, &self.metrics.body_bytes_in_flight);
@@ -341,8 +265,8 @@ impl Routes {
                 accepted: Some(accepted),
                 ..self.simple(Outcome::Accepted)
             },
-            Err((error, envelope)) => Answer {
-                outcome: outcome_of(&error),
+            Err(Rejected { error, envelope }) => Answer {
+                outcome: Outcome::from(&error),
                 detail: Some(error.to_string()),
                 event: envelope.map(|e| (e.id.to_string(), e.event_type)),
                 ..self.simple(Outcome::Internal)
@@ -398,7 +322,7 @@ impl Routes {
                 }),
             ),
             (outcome, _) => (
-                status_of(outcome),
+                outcome.status(),
                 serde_json::json!({ "error": outcome.as_str() }),
             ),
         };
@@ -425,71 +349,6 @@ impl Routes {
     }
 }
 
-/// A delivery slot, counted in the in-flight gauge until dropped (also when the client goes away
-/// mid-request and the handler is cancelled).
-struct InFlight<'a> {
-    _permit: tokio::sync::SemaphorePermit<'a>,
-    gauge: &'a prometheus::IntGauge,
-}
-
-impl<'a> InFlight<'a> {
-    fn new(permit: tokio::sync::SemaphorePermit<'a>, gauge: &'a prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self {
-            _permit: permit,
-            gauge,
-        }
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
-}
-
-/// Body bytes taken from the shared budget, on the gauge until dropped (also when the handler is
-/// cancelled because the client went away).
-struct Reserved<'a> {
-    budget: &'a Semaphore,
-    gauge: &'a prometheus::IntGauge,
-    bytes: usize,
-}
-
-impl<'a> Reserved<'a> {
-    fn new(budget: &'a Semaphore, gauge: &'a prometheus::IntGauge) -> Self {
-        Self {
-            budget,
-            gauge,
-            bytes: 0,
-        }
-    }
-
-    /// Takes `n` more bytes if the budget has them now; never waits, so a full budget is a 503.
-    fn grow(&mut self, n: usize) -> bool {
-        let Ok(permits) = u32::try_from(n) else {
-            return false;
-        };
-        match self.budget.try_acquire_many(permits) {
-            Ok(permit) => {
-                // Given back by count in Drop, however many times this grew.
-                permit.forget();
-                self.bytes += n;
-                self.gauge.add(n as i64);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-}
-
-impl Drop for Reserved<'_> {
-    fn drop(&mut self) {
-        self.budget.add_permits(self.bytes);
-        self.gauge.sub(self.bytes as i64);
-    }
-}
-
 fn unix_secs(at: SystemTime) -> i64 {
     at.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -500,49 +359,4 @@ fn by_path(endpoints: &[Endpoint]) -> HashMap<String, Endpoint> {
         .iter()
         .map(|e| (e.path.clone(), e.clone()))
         .collect()
-}
-
-fn outcome_of(error: &IngestError) -> Outcome {
-    match error {
-        IngestError::Signature(e) => outcome_of_signature(e),
-        IngestError::Envelope(
-            EnvelopeError::InvalidJson(_)
-            | EnvelopeError::MissingId
-            | EnvelopeError::InvalidId
-            | EnvelopeError::InvalidType,
-        ) => Outcome::InvalidBody,
-        other => match other.fault() {
-            Fault::Client => Outcome::InvalidBody,
-            Fault::Upstream => Outcome::Unavailable,
-            Fault::Internal => Outcome::Internal,
-        },
-    }
-}
-
-fn outcome_of_signature(error: &SignatureError) -> Outcome {
-    match error {
-        SignatureError::MissingHeader => Outcome::MissingHeader,
-        SignatureError::TooLarge { .. } => Outcome::SignatureTooLarge,
-        SignatureError::Malformed(_) => Outcome::MalformedHeader,
-        SignatureError::StaleTimestamp { .. } => Outcome::StaleTimestamp,
-        SignatureError::Mismatch => Outcome::InvalidSignature,
-    }
-}
-
-fn status_of(outcome: Outcome) -> StatusCode {
-    match outcome {
-        Outcome::Accepted | Outcome::Duplicate => StatusCode::OK,
-        Outcome::MalformedHeader
-        | Outcome::MissingHeader
-        | Outcome::InvalidFraming
-        | Outcome::InvalidBody => StatusCode::BAD_REQUEST,
-        Outcome::SignatureTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        Outcome::InvalidSignature | Outcome::StaleTimestamp => StatusCode::UNAUTHORIZED,
-        Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        Outcome::NotFound => StatusCode::NOT_FOUND,
-        Outcome::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        Outcome::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-        Outcome::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Outcome::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    }
 }
