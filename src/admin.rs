@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 
 use sha2::{Digest, Sha256};
 
+use crate::admin_api::{Acted, Depth, EventPage, EventView, OutboxView};
 use crate::config::Secret;
 use crate::event::EventId;
 use crate::metrics::Metrics;
@@ -58,8 +59,10 @@ fn internal<E: std::fmt::Display>(during: &'static str) -> impl FnOnce(E) -> Api
     }
 }
 
-fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    reply(status, "application/json", body.to_string())
+fn json(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    // Serialising these plain structs and `Value`s cannot fail (string keys, no custom impls).
+    let text = serde_json::to_string(body).unwrap_or_else(|_| r#"{"error":"internal"}"#.into());
+    reply(status, "application/json", text)
 }
 
 fn error(status: StatusCode, code: &str) -> Response<Full<Bytes>> {
@@ -218,27 +221,31 @@ impl Admin {
 
     fn outbox(&self) -> Response<Full<Bytes>> {
         let depth = self.store.outbox_depth();
-        let by_environment: serde_json::Map<String, serde_json::Value> = self
+        let by_environment = self
             .environments
             .iter()
             .map(|env| {
                 let d = self.store.outbox_depth_of(env);
-                let value = serde_json::json!({ "events": d.events, "bytes": d.bytes });
-                (env.clone(), value)
+                let depth = Depth {
+                    events: d.events,
+                    bytes: d.bytes,
+                };
+                (env.clone(), depth)
             })
             .collect();
-        json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "by_environment": by_environment,
-                "events": depth.events,
-                "bytes": depth.bytes,
-                "parked": self.store.parked_count(),
-                "oldest_age_seconds": self.store.oldest_pending_age().map_or(0, |age| age.as_secs()),
-                "broker_connected": self.broker.is_connected(),
-                "last_publish_error": self.broker.last_error(),
-            }),
-        )
+        let view = OutboxView {
+            by_environment,
+            events: depth.events,
+            bytes: depth.bytes,
+            parked: self.store.parked_count(),
+            oldest_age_seconds: self
+                .store
+                .oldest_pending_age()
+                .map_or(0, |age| age.as_secs()),
+            broker_connected: self.broker.is_connected(),
+            last_publish_error: self.broker.last_error(),
+        };
+        json(StatusCode::OK, &view)
     }
 
     /// The key for an id from the path, in the environment the query names (or the only one).
@@ -255,18 +262,33 @@ impl Admin {
         Ok(EventKey::new(&environment, &id))
     }
 
-    fn view(&self, record: &EventRecord, with_body: bool) -> Result<serde_json::Value, ApiError> {
-        let mut value = serde_json::to_value(record).map_err(internal("serialising a record"))?;
-        if with_body {
+    fn view(&self, record: &EventRecord, with_body: bool) -> Result<EventView, ApiError> {
+        let body = if with_body {
             let body = self
                 .store
                 .body(record.seq, record.size)
                 .map_err(internal("reading a body"))?;
-            value["body"] = body.map_or(serde_json::Value::Null, |b| {
-                String::from_utf8_lossy(&b).into_owned().into()
-            });
-        }
-        Ok(value)
+            Some(body.map(|b| String::from_utf8_lossy(&b).into_owned()))
+        } else {
+            None
+        };
+        Ok(EventView {
+            seq: record.seq,
+            environment: record.environment.clone(),
+            event_id: record.event_id.clone(),
+            event_type: record.event_type.clone(),
+            endpoint: record.endpoint.clone(),
+            state: record.state.as_str().to_owned(),
+            received_at_ms: record.received_at_ms,
+            published_at_ms: record.published_at_ms,
+            deliveries: record.deliveries,
+            request_ids: record.request_ids.clone(),
+            body_sha256: record.body_sha256.clone(),
+            size: record.size,
+            parked_reason: record.parked_reason.clone(),
+            dropped_at_ms: record.dropped_at_ms,
+            body,
+        })
     }
 
     fn show(&self, raw_id: &str, query: &[(String, String)]) -> Result<Answer, ApiError> {
@@ -315,7 +337,10 @@ impl Admin {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(json(
             StatusCode::OK,
-            &serde_json::json!({ "events": events, "next_before": listing.next_before }),
+            &EventPage {
+                events,
+                next_before: listing.next_before,
+            },
         ))
     }
 
@@ -335,7 +360,10 @@ impl Admin {
                 tracing::info!(event_id, already_pending, "replay queued");
                 Ok(json(
                     StatusCode::ACCEPTED,
-                    &serde_json::json!({ "status": "queued", "event_id": event_id }),
+                    &Acted {
+                        status: "queued".to_owned(),
+                        event_id,
+                    },
                 ))
             }
             Replay::NotFound => Err(fail(StatusCode::NOT_FOUND, "not_found")),
@@ -362,7 +390,10 @@ impl Admin {
                 tracing::warn!(event_id, "parked event dropped by an operator");
                 Ok(json(
                     StatusCode::OK,
-                    &serde_json::json!({ "status": "dropped", "event_id": event_id }),
+                    &Acted {
+                        status: "dropped".to_owned(),
+                        event_id,
+                    },
                 ))
             }
             DropOutcome::NotParked => Err(fail(StatusCode::CONFLICT, "not_parked")),

@@ -1,12 +1,13 @@
 //! gate-relay: verifies 0Gate webhooks, dedupes them into a durable outbox and publishes them to
 //! RabbitMQ with publisher confirms. `main.rs` is a thin entry point; everything lives here.
 //!
-//! Layers, each using only those above it in this list: pure (`config`, `signature`, `event`) →
+//! Layers, each using only those above it in this list: pure (`config`, `signature`, `event`, `admin_api`) →
 //! adapters (`store` = sled, `publisher` = RabbitMQ, `confirmations`, `metrics`, `telemetry`,
 //! `tls`) → the use case (`ingest`) → transport (`server`, `routes`, `admin`) → wiring (`app`) →
 //! entry (`admin_client`, the operator's HTTP clients; `cli`).
 
 pub mod admin;
+pub mod admin_api;
 pub mod admin_client;
 pub mod app;
 pub mod cli;

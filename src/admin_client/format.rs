@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use http::StatusCode;
 
 use super::send_test::SendReport;
-use super::{EventPage, EventView, OutboxView, Replayed};
+use super::{Acted, EventPage, EventView, OutboxView};
 
 /// Escapes control characters (ANSI escapes included) so a hostile value cannot drive the
 /// terminal; everything else is shown as is.
@@ -110,7 +110,7 @@ fn or_dash(value: Option<String>) -> String {
 
 /// `events show`: one field a line, then the body when it was asked for.
 pub fn format_event(event: &EventView) -> String {
-    let fields = [
+    let mut fields = vec![
         ("event_id", event.event_id.clone()),
         ("environment", event.environment.clone()),
         ("type", event.event_type.clone()),
@@ -131,6 +131,9 @@ pub fn format_event(event: &EventView) -> String {
         ("body_sha256", event.body_sha256.clone()),
         ("size", format!("{} bytes", event.size)),
     ];
+    if let Some(reason) = &event.parked_reason {
+        fields.insert(4, ("parked_reason", reason.clone()));
+    }
     let rows: Vec<Vec<String>> = fields
         .into_iter()
         .map(|(k, v)| vec![k.to_owned(), v])
@@ -191,7 +194,7 @@ pub fn format_page(page: &EventPage) -> String {
 }
 
 /// `events replay`.
-pub fn format_replayed(replayed: &Replayed) -> String {
+pub fn format_replayed(replayed: &Acted) -> String {
     format!(
         "{} {}\n",
         printable(&replayed.status),
@@ -267,8 +270,26 @@ mod tests {
             request_ids: vec!["req_a".into(), "req_b".into()],
             body_sha256: "ab".repeat(32),
             size: 42,
+            parked_reason: None,
+            dropped_at_ms: None,
             body: None,
         }
+    }
+
+    #[test]
+    fn a_parked_event_shows_why_after_its_state() {
+        let parked = EventView {
+            state: "parked".into(),
+            parked_reason: Some("returned: NO_ROUTE".into()),
+            ..event()
+        };
+        let text = format_event(&parked);
+        let state = text.find("state").expect("state row");
+        let reason = text
+            .find("parked_reason  returned: NO_ROUTE")
+            .expect("reason row");
+        assert!(state < reason, "{text}");
+        assert!(!format_event(&event()).contains("parked_reason"));
     }
 
     #[test]
@@ -410,6 +431,7 @@ mod tests {
     #[test]
     fn outbox_replay_and_send_display() {
         let outbox = OutboxView {
+            by_environment: std::collections::BTreeMap::new(),
             events: 3,
             bytes: 120,
             parked: 1,
@@ -430,7 +452,7 @@ mod tests {
                 "events              3\nbytes               120\nparked              1\noldest_age          9 s\nbroker              disconnected\nlast_publish_error  connection refused\n",
             ),
             (
-                format_replayed(&Replayed {
+                format_replayed(&Acted {
                     status: "queued".into(),
                     event_id: "evt_1".into(),
                 }),

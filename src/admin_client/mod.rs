@@ -204,58 +204,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 // ---------------------------------------------------------------------------------------------
 // The admin API.
 
-/// A stored event as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct EventView {
-    pub seq: u64,
-    pub environment: String,
-    pub event_id: String,
-    pub event_type: String,
-    pub endpoint: String,
-    /// `pending` or `published`.
-    pub state: String,
-    pub received_at_ms: u64,
-    pub published_at_ms: Option<u64>,
-    pub deliveries: u64,
-    #[serde(default)]
-    pub request_ids: Vec<String>,
-    pub body_sha256: String,
-    pub size: u64,
-    /// Absent unless asked for; `Some(None)` when the body has been pruned.
-    #[serde(default, deserialize_with = "present")]
-    pub body: Option<Option<String>>,
-}
-
-/// Tells a field that is `null` (`Some(None)`) from one that is absent (`None`, via `default`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct EventPage {
-    /// Newest first.
-    pub events: Vec<EventView>,
-    /// Pass as `before` for the next page; `None` on the last one.
-    pub next_before: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Replayed {
-    pub status: String,
-    pub event_id: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct OutboxView {
-    pub events: u64,
-    pub bytes: u64,
-    /// Absent from relays older than parking.
-    #[serde(default)]
-    pub parked: u64,
-    pub oldest_age_seconds: u64,
-    pub broker_connected: bool,
-    pub last_publish_error: Option<String>,
-}
+pub use crate::admin_api::{Acted, EventPage, EventView, OutboxView};
 
 /// An answer both as sent (for `--json`) and parsed.
 #[derive(Debug, Clone)]
@@ -319,7 +268,7 @@ impl AdminClient {
         &self,
         id: &str,
         environment: Option<&str>,
-    ) -> Result<Reply<Replayed>, ClientError> {
+    ) -> Result<Reply<Acted>, ClientError> {
         let query = query(&[("environment", environment.map(str::to_owned))]);
         self.call(
             Method::POST,
@@ -333,7 +282,7 @@ impl AdminClient {
         &self,
         id: &str,
         environment: Option<&str>,
-    ) -> Result<Reply<Replayed>, ClientError> {
+    ) -> Result<Reply<Acted>, ClientError> {
         let query = query(&[("environment", environment.map(str::to_owned))]);
         self.call(
             Method::POST,

@@ -128,6 +128,16 @@ pub struct EventRecord {
 }
 
 impl EventState {
+    /// As stored and as the admin API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Published => "published",
+            Self::Parked => "parked",
+            Self::Dropped => "dropped",
+        }
+    }
+
     /// Done with: the pruner may take its body, and later its record.
     pub fn is_settled(self) -> bool {
         matches!(self, Self::Published | Self::Dropped)
@@ -747,6 +757,15 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
+
+    #[test]
+    fn a_state_reads_as_it_serialises() {
+        use EventState::*;
+        for state in [Pending, Published, Parked, Dropped] {
+            let json = serde_json::to_string(&state).expect("serialise");
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+    }
 
     pub(super) fn open(dir: &std::path::Path, max_events: u64) -> Arc<Store> {
         let config = StoreConfig {
