@@ -58,6 +58,13 @@ enum ReadError {
     Failed(String),
 }
 
+/// What the head of a request told, once it passed the pre-body checks.
+struct Head {
+    /// Content-Length, when sent: at most `max_body_bytes`.
+    declared: Option<u64>,
+    signature: Option<String>,
+}
+
 /// What a handled request produced, before it becomes a response.
 struct Answer {
     outcome: Outcome,
@@ -163,63 +170,20 @@ impl Routes {
         request_id: &str,
     ) -> Answer {
         let received_at = SystemTime::now();
-        let headers = req.headers();
-        // Both framings at once is how requests are smuggled past a proxy that reads the other
-        // one; hyper would follow chunked, but the request is ambiguous, so refuse it.
-        if headers.contains_key(header::TRANSFER_ENCODING)
-            && headers.contains_key(header::CONTENT_LENGTH)
-        {
-            return Answer {
-                detail: Some("both content-length and transfer-encoding".to_owned()),
-                ..self.simple(Outcome::InvalidFraming)
-            };
-        }
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
-            return Answer {
-                detail: Some(format!(
-                    "content-length {} over {}",
-                    declared.unwrap_or(0),
-                    self.max_body_bytes
-                )),
-                ..self.simple(Outcome::TooLarge)
-            };
-        }
-        // A header that is not visible ASCII cannot carry a valid signature.
-        let signature = match headers.get(signature::HEADER).map(HeaderValue::to_str) {
-            None => None,
-            Some(Ok(value)) => Some(value.to_owned()),
-            Some(Err(_)) => {
-                return Answer {
-                    detail: Some("Gate-Signature is not visible ASCII".to_owned()),
-                    ..self.simple(Outcome::MalformedHeader)
-                };
-            }
+        let head = match self.check_head(req.headers(), endpoint, received_at) {
+            Ok(head) => head,
+            Err(answer) => return answer,
         };
-        // Everything about the header that needs no body, before reading a byte of it (and
-        // before `Expect: 100-continue` is answered, which hyper does when the body is polled).
-        if let Err(e) = signature::precheck(
-            signature.as_deref(),
-            unix_secs(received_at),
-            endpoint.tolerance_secs,
-        ) {
-            return Answer {
-                detail: Some(e.to_string()),
-                ..self.simple(Outcome::from(&e))
-            };
-        }
         let mut reserved = Reserved::new(&self.body_budget, &self.metrics.body_bytes_in_flight);
-        if declared.is_some_and(|n| !reserved.grow(n as usize)) {
+        if head.declared.is_some_and(|n| !reserved.grow(n as usize)) {
             return self.over_budget();
         }
         let (_, body) = req.into_parts();
         // The deadline splits by whose fault it is: a slow body is the client's (408); slow
         // storage or a slow broker is ours (503, retry later).
         let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let read = tokio::time::timeout_at(deadline, self.read_body(body, declared, &mut reserved));
+        let read =
+            tokio::time::timeout_at(deadline, self.read_body(body, head.declared, &mut reserved));
         let body = match read.await {
             Err(_) => {
                 return Answer {
@@ -237,23 +201,84 @@ impl Routes {
                 };
             }
         };
-        let signature = signature.as_deref();
         let delivery = Delivery {
             endpoint,
-            signature,
+            signature: head.signature.as_deref(),
             body,
             request_id,
             received_at,
         };
-        let Ok(delivered) = tokio::time::timeout_at(deadline, self.ingest.deliver(delivery)).await
-        else {
-            return Answer {
+        match tokio::time::timeout_at(deadline, self.ingest.deliver(delivery)).await {
+            Ok(delivered) => self.answer(delivered),
+            Err(_) => Answer {
                 detail: Some(
                     "storing or confirming did not finish before the request deadline".to_owned(),
                 ),
                 ..self.simple(Outcome::Unavailable)
-            };
+            },
+        }
+    }
+
+    /// Everything about the request that needs no body, before reading a byte of it (and before
+    /// `Expect: 100-continue` is answered, which hyper does when the body is polled): framing,
+    /// the declared length, and a plausible `Gate-Signature`.
+    #[expect(
+        clippy::result_large_err,
+        reason = "once per request, moved straight into the response; boxing buys nothing"
+    )]
+    fn check_head(
+        &self,
+        headers: &http::HeaderMap,
+        endpoint: &Endpoint,
+        received_at: SystemTime,
+    ) -> Result<Head, Answer> {
+        // Both framings at once is how requests are smuggled past a proxy that reads the other
+        // one; hyper would follow chunked, but the request is ambiguous, so refuse it.
+        if headers.contains_key(header::TRANSFER_ENCODING)
+            && headers.contains_key(header::CONTENT_LENGTH)
+        {
+            return Err(Answer {
+                detail: Some("both content-length and transfer-encoding".to_owned()),
+                ..self.simple(Outcome::InvalidFraming)
+            });
+        }
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(n) = declared.filter(|&n| n > self.max_body_bytes as u64) {
+            return Err(Answer {
+                detail: Some(format!("content-length {n} over {}", self.max_body_bytes)),
+                ..self.simple(Outcome::TooLarge)
+            });
+        }
+        // A header that is not visible ASCII cannot carry a valid signature.
+        let signature = match headers.get(signature::HEADER).map(HeaderValue::to_str) {
+            None => None,
+            Some(Ok(value)) => Some(value.to_owned()),
+            Some(Err(_)) => {
+                return Err(Answer {
+                    detail: Some("Gate-Signature is not visible ASCII".to_owned()),
+                    ..self.simple(Outcome::MalformedHeader)
+                });
+            }
         };
+        signature::precheck(
+            signature.as_deref(),
+            unix_secs(received_at),
+            endpoint.tolerance_secs,
+        )
+        .map_err(|e| Answer {
+            detail: Some(e.to_string()),
+            ..self.simple(Outcome::from(&e))
+        })?;
+        Ok(Head {
+            declared,
+            signature,
+        })
+    }
+
+    fn answer(&self, delivered: Result<Accepted, Rejected>) -> Answer {
         match delivered {
             Ok(accepted) => Answer {
                 outcome: if accepted.duplicate {
