@@ -48,164 +48,99 @@ impl Metrics {
     pub fn new() -> Self {
         // Names carry the gate_relay_ prefix themselves so process metrics keep their standard
         // process_* names.
-        let registry = Registry::new();
-        let m = Self {
-            requests: IntCounterVec::new(
-                Opts::new(
-                    "gate_relay_requests_total",
-                    "Webhook requests answered, by endpoint and outcome.",
-                ),
+        let r = Registering(Registry::new());
+        #[cfg(target_os = "linux")]
+        r.0.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("the process collector is registered once");
+        Self {
+            requests: r.counter_vec(
+                "gate_relay_requests_total",
+                "Webhook requests answered, by endpoint and outcome.",
                 &["endpoint", "outcome"],
-            )
-            .expect("valid metric"),
-            request_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "gate_relay_request_duration_seconds",
-                    "Time from request start to answer, by endpoint.",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            ),
+            request_duration: r.histogram_vec(
+                "gate_relay_request_duration_seconds",
+                "Time from request start to answer, by endpoint.",
+                LATENCY_BUCKETS,
                 &["endpoint"],
-            )
-            .expect("valid metric"),
-            signature_skew: Histogram::with_opts(
-                HistogramOpts::new(
-                    "gate_relay_signature_skew_seconds",
-                    "now - t of verified deliveries; drift here breaks verification later.",
-                )
-                .buckets(SKEW_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-            secret_matches: IntCounterVec::new(
-                Opts::new(
-                    "gate_relay_secret_matches_total",
-                    "Verified deliveries by endpoint and position of the matching secret.",
-                ),
+            ),
+            signature_skew: r.histogram(
+                "gate_relay_signature_skew_seconds",
+                "now - t of verified deliveries; drift here breaks verification later.",
+                SKEW_BUCKETS,
+            ),
+            secret_matches: r.counter_vec(
+                "gate_relay_secret_matches_total",
+                "Verified deliveries by endpoint and position of the matching secret.",
                 &["endpoint", "secret"],
-            )
-            .expect("valid metric"),
-            outbox_events: IntGauge::new(
+            ),
+            outbox_events: r.gauge(
                 "gate_relay_outbox_events",
                 "Events stored and not yet confirmed by the broker.",
-            )
-            .expect("valid metric"),
-            outbox_bytes: IntGauge::new(
+            ),
+            outbox_bytes: r.gauge(
                 "gate_relay_outbox_bytes",
                 "Body bytes of the events in the outbox.",
-            )
-            .expect("valid metric"),
-            outbox_oldest_age: IntGauge::new(
+            ),
+            outbox_oldest_age: r.gauge(
                 "gate_relay_outbox_oldest_age_seconds",
                 "Age of the oldest event still in the outbox (0 when empty).",
-            )
-            .expect("valid metric"),
-            publishes: IntCounterVec::new(
-                Opts::new(
-                    "gate_relay_publish_total",
-                    "Publish attempts by result: ack, nack, returned, error, timeout.",
-                ),
+            ),
+            publishes: r.counter_vec(
+                "gate_relay_publish_total",
+                "Publish attempts by result: ack, nack, returned, error, timeout.",
                 &["result"],
-            )
-            .expect("valid metric"),
-            publish_confirm: Histogram::with_opts(
-                HistogramOpts::new(
-                    "gate_relay_publish_confirm_seconds",
-                    "Time from publish to broker confirm.",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-            amqp_connected: IntGauge::new(
+            ),
+            publish_confirm: r.histogram(
+                "gate_relay_publish_confirm_seconds",
+                "Time from publish to broker confirm.",
+                LATENCY_BUCKETS,
+            ),
+            amqp_connected: r.gauge(
                 "gate_relay_amqp_connected",
                 "1 when the broker connection and confirm channel are up.",
-            )
-            .expect("valid metric"),
-            amqp_reconnects: IntCounter::new(
+            ),
+            amqp_reconnects: r.counter(
                 "gate_relay_amqp_reconnects_total",
                 "Broker connections opened after the first.",
-            )
-            .expect("valid metric"),
-            store_size: IntGauge::new(
+            ),
+            store_size: r.gauge(
                 "gate_relay_store_size_bytes",
                 "Bytes the sled store takes on disk.",
-            )
-            .expect("valid metric"),
-            store_flush: Histogram::with_opts(
-                HistogramOpts::new(
-                    "gate_relay_store_flush_seconds",
-                    "Duration of one group-commit round (sled flush plus fsync).",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-            events_stored: IntGauge::new(
+            ),
+            store_flush: r.histogram(
+                "gate_relay_store_flush_seconds",
+                "Duration of one group-commit round (sled flush plus fsync).",
+                LATENCY_BUCKETS,
+            ),
+            events_stored: r.gauge(
                 "gate_relay_events_stored",
                 "Dedupe records held (pending and published).",
-            )
-            .expect("valid metric"),
-            store_recreated: IntGauge::new(
+            ),
+            store_recreated: r.gauge(
                 "gate_relay_store_recreated",
                 "1 when this start found the store missing but its marker present: a store was lost.",
-            )
-            .expect("valid metric"),
-            requests_in_flight: IntGauge::new(
+            ),
+            requests_in_flight: r.gauge(
                 "gate_relay_requests_in_flight",
                 "Deliveries being handled now (bounded by server.max_connections).",
-            )
-            .expect("valid metric"),
-            events_parked: IntGauge::new(
+            ),
+            events_parked: r.gauge(
                 "gate_relay_events_parked",
                 "Events the broker refused past the attempt bound, waiting for an operator.",
-            )
-            .expect("valid metric"),
-            events_parked_total: IntCounter::new(
+            ),
+            events_parked_total: r.counter(
                 "gate_relay_events_parked_total",
                 "Events parked since start.",
-)
-            .expect("valid metric"),
-            body_bytes_in_flight: IntGauge::new(
+            ),
+            body_bytes_in_flight: r.gauge(
                 "gate_relay_body_bytes_in_flight",
                 "Body bytes reserved by requests being read or handled (bounded by server.max_body_bytes_in_flight).",
-            )
-            .expect("valid metric"),
-            registry,
-        };
-        m.register_all();
-        m
-    }
-
-    fn register_all(&self) {
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(self.requests.clone()),
-            Box::new(self.request_duration.clone()),
-            Box::new(self.signature_skew.clone()),
-            Box::new(self.secret_matches.clone()),
-            Box::new(self.outbox_events.clone()),
-            Box::new(self.outbox_bytes.clone()),
-            Box::new(self.outbox_oldest_age.clone()),
-            Box::new(self.publishes.clone()),
-            Box::new(self.publish_confirm.clone()),
-            Box::new(self.amqp_connected.clone()),
-            Box::new(self.amqp_reconnects.clone()),
-            Box::new(self.store_size.clone()),
-            Box::new(self.store_flush.clone()),
-            Box::new(self.events_stored.clone()),
-            Box::new(self.store_recreated.clone()),
-            Box::new(self.requests_in_flight.clone()),
-            Box::new(self.events_parked.clone()),
-            Box::new(self.events_parked_total.clone()),
-            Box::new(self.body_bytes_in_flight.clone()),
-        ];
-        for collector in collectors {
-            self.registry
-                .register(collector)
-                .expect("each metric is registered once");
+            ),
+            registry: r.0,
         }
-        #[cfg(target_os = "linux")]
-        self.registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
-            .expect("the process collector is registered once");
     }
 
     /// The text exposition format.
@@ -215,6 +150,46 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("writing to a Vec cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// Creates each metric and registers it in one step, so none can be created and forgotten.
+struct Registering(Registry);
+
+impl Registering {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&self, metric: C) -> C {
+        self.0
+            .register(Box::new(metric.clone()))
+            .expect("each metric is registered once");
+        metric
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.register(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.register(IntCounter::new(name, help).expect("valid metric"))
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.register(Histogram::with_opts(opts).expect("valid metric"))
+    }
+
+    fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+        labels: &[&str],
+    ) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.register(HistogramVec::new(opts, labels).expect("valid metric"))
     }
 }
 
