@@ -17,27 +17,31 @@
 //! in-flight confirm, and the outbox already knows exactly what to send again, so a fresh
 //! connection with a rewound cursor is both simpler and easier to reason about.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::options::BasicPublishOptions;
+use lapin::{Channel, Confirmation, Connection};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AMQP_SHORT_STRING, AmqpConfig};
+use crate::config::AmqpConfig;
 use crate::confirmations::Confirmations;
 use crate::metrics::Metrics;
 use crate::store::{EventKey, Pending, Store, StoreError};
 
+mod connect;
+mod message;
 mod retries;
+mod returns;
+mod session;
+mod status;
+
 use retries::{Retries, Verdict};
+use returns::returned_key;
+use session::{Confirmed, PublishResult, Session, Settlement};
+pub use status::BrokerStatus;
 
 /// First wait after a failed connect or a refused message; doubles up to the configured cap.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -52,81 +56,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const PUBLISH_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an idle publisher checks that its connection still stands, besides lapin's events.
 const HEALTH_CHECK: Duration = Duration::from_secs(1);
-/// The header carrying the event's environment; returns are matched by it and the message_id.
-const ENVIRONMENT_HEADER: &str = "gate-environment";
 
 /// How long the broker may be away (not yet connected after start, reconnecting, or blocked by
 /// an alarm) before confirmed mode stops waiting for confirms and answers 503 at once. Above a
 /// reconnect after a blip (the first retry comes 100 ms after a loss; a connect takes
 /// milliseconds) and well below 0Gate's 10 s.
 pub const BROKER_DOWN_FAIL_FAST: Duration = Duration::from_secs(2);
-
-/// What the rest of the relay may know about the broker connection.
-#[derive(Debug)]
-pub struct BrokerStatus {
-    connected: AtomicBool,
-    /// Since when the broker has been away; the relay's start counts as the first such instant.
-    down_since: std::sync::Mutex<Option<Instant>>,
-    last_error: std::sync::Mutex<Option<String>>,
-}
-
-impl Default for BrokerStatus {
-    fn default() -> Self {
-        Self {
-            connected: AtomicBool::new(false),
-            down_since: std::sync::Mutex::new(Some(Instant::now())),
-            last_error: std::sync::Mutex::new(None),
-        }
-    }
-}
-
-impl BrokerStatus {
-    /// True when the connection and the confirm channel are up.
-    pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::SeqCst)
-    }
-
-    /// How long the broker has been away; `None` while connected.
-    pub fn down_for(&self) -> Option<Duration> {
-        self.down_since
-            .lock()
-            .expect("no panics while holding the lock")
-            .map(|since| since.elapsed())
-    }
-
-    /// The latest publish or connection failure, for `/outbox`; cleared by nothing, so an
-    /// operator sees the last thing that went wrong even after recovery.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .expect("no panics while holding the lock")
-            .clone()
-    }
-
-    fn record_error(&self, error: String) {
-        *self
-            .last_error
-            .lock()
-            .expect("no panics while holding the lock") = Some(error);
-    }
-
-    fn set(&self, connected: bool, metrics: &Metrics) {
-        {
-            let mut since = self
-                .down_since
-                .lock()
-                .expect("no panics while holding the lock");
-            match (connected, *since) {
-                (true, _) => *since = None,
-                // Only the transition starts the clock: failed reconnects do not reset it.
-                (false, None) => *since = Some(Instant::now()),
-                (false, Some(_)) => {}
-            }
-        }
-        self.connected.store(connected, Ordering::SeqCst);
-        metrics.amqp_connected.set(i64::from(connected));
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 enum PublishError {
@@ -140,109 +75,6 @@ enum PublishError {
     ConnectionLost,
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// How one publish ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PublishResult {
-    Ack,
-    Nack,
-    Returned,
-    Error,
-    Timeout,
-}
-
-impl PublishResult {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Ack => "ack",
-            Self::Nack => "nack",
-            Self::Returned => "returned",
-            Self::Error => "error",
-            Self::Timeout => "timeout",
-        }
-    }
-}
-
-struct Confirmed {
-    seq: u64,
-    key: EventKey,
-    event_id: String,
-    result: PublishResult,
-    /// The key of a returned message lapin attached to this confirm: not necessarily this
-    /// event's (see [`Returns`]).
-    returned: Option<EventKey>,
-    elapsed: Duration,
-}
-
-/// How many returned events and recently acked events to remember per connection; far above
-/// one window of publishes in flight.
-const RETURNS_REMEMBERED: usize = 16_384;
-
-/// `basic.return` frames, matched to events by their full key: the `gate-environment` header
-/// and the `message_id` (the dedupe key is both: one id may be returned in `test` and routed
-/// in `live` in the same window).
-///
-/// lapin hands a returned message to whichever confirm it resolves next, and an ack covering
-/// several deliveries resolves them in no fixed order, so the confirm that carries a return is
-/// not necessarily the returned message's own. An event therefore counts as returned when a
-/// return with its key was seen on this connection, whichever confirm carried it; and an event
-/// already marked published whose return is settled later is queued again.
-#[derive(Debug, Default)]
-struct Returns {
-    /// Returned events not yet matched to their own confirm.
-    unmatched: HashSet<EventKey>,
-    /// Events recently marked published, to take back if their return shows up late.
-    recent: std::collections::VecDeque<(String, EventKey)>,
-}
-
-impl Returns {
-    fn returned(&mut self, key: EventKey) {
-        if self.unmatched.len() >= RETURNS_REMEMBERED {
-            self.unmatched.clear(); // bounded; a forgotten key is at worst a late re-queue missed
-        }
-        self.unmatched.insert(key);
-    }
-
-    fn acked(&mut self, id: String, key: EventKey) {
-        if self.recent.len() == RETURNS_REMEMBERED {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((id, key));
-    }
-
-    /// A late return whose requeue failed: matched again at the next settle.
-    fn retry_late(&mut self, id: String, key: EventKey) {
-        self.unmatched.insert(key.clone());
-        self.recent.push_back((id, key));
-    }
-
-    /// Events marked published whose return has since been seen.
-    fn take_late(&mut self) -> Vec<(String, EventKey)> {
-        if self.unmatched.is_empty() {
-            return Vec::new();
-        }
-        let (late, keep): (Vec<_>, Vec<_>) = self
-            .recent
-            .drain(..)
-            .partition(|(_, key)| self.unmatched.contains(key));
-        self.recent = keep.into();
-        for (_, key) in &late {
-            self.unmatched.remove(key);
-        }
-        late
-    }
-}
-
-/// The key of a returned message, from the headers the publisher set on it.
-fn returned_key(ret: &lapin::message::BasicReturnMessage) -> Option<EventKey> {
-    let id = ret.properties.message_id().as_ref()?;
-    let headers = ret.properties.headers().as_ref()?;
-    let environment = match headers.inner().get(ENVIRONMENT_HEADER)? {
-        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        _ => return None,
-    };
-    Some(EventKey::from_parts(&environment, id.as_str()))
 }
 
 #[derive(Debug)]
@@ -281,7 +113,7 @@ impl Publisher {
             self.config.reconnect_max_backoff,
         );
         while !shutdown.is_cancelled() {
-            match self.connect().await {
+            match connect::connect(&self.config).await {
                 Ok((connection, channel)) => {
                     if connected_before {
                         self.metrics.amqp_reconnects.inc();
@@ -318,91 +150,6 @@ impl Publisher {
             backoff = (backoff * 2).min(self.config.reconnect_max_backoff);
         }
         tracing::info!("publisher stopped");
-    }
-
-    async fn connect(&self) -> Result<(Connection, Channel), PublishError> {
-        let timeout = self.config.connect_timeout;
-        let setup = async {
-            let properties =
-                ConnectionProperties::default().with_connection_name("gate-relay".into());
-            let connection = if self.config.url.expose().starts_with("amqps://") {
-                let tls = self.tls_config()?;
-                Connection::connect_with_config(
-                    self.config.url.expose(),
-                    properties,
-                    tls,
-                    lapin::runtime::default_runtime()?,
-                )
-                .await?
-            } else {
-                Connection::connect(self.config.url.expose(), properties).await?
-            };
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            channel
-                .exchange_declare(
-                    self.config.exchange.as_str().into(),
-                    ExchangeKind::Topic,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            if let Some(queue) = &self.config.declare_queue {
-                let options = lapin::options::QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                };
-                channel
-                    .queue_declare(queue.as_str().into(), options, FieldTable::default())
-                    .await?;
-                channel
-                    .queue_bind(
-                        queue.as_str().into(),
-                        self.config.exchange.as_str().into(),
-                        "#".into(),
-                        lapin::options::QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-            }
-            Ok::<_, PublishError>((connection, channel))
-        };
-        tokio::time::timeout(timeout, setup)
-            .await
-            .map_err(|_| PublishError::Timeout(timeout))?
-    }
-
-    /// For `amqps://`: extra CA certificates (added to the platform's roots) and an optional
-    /// client certificate. Read at every connect, so renewed files are picked up.
-    fn tls_config(&self) -> Result<lapin::tcp::OwnedTLSConfig, PublishError> {
-        let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| {
-                PublishError::Tls(format!("cannot read {}: {}", path.display(), e.kind()))
-            })
-        };
-        let cert_chain =
-            match &self.config.ca_path {
-                Some(path) => Some(String::from_utf8(read(path)?).map_err(|_| {
-                    PublishError::Tls(format!("{} is not PEM text", path.display()))
-                })?),
-                None => None,
-            };
-        let identity = match (&self.config.client_cert_path, &self.config.client_key_path) {
-            (Some(cert), Some(key)) => Some(lapin::tcp::OwnedIdentity::PKCS8 {
-                pem: read(cert)?,
-                key: read(key)?,
-            }),
-            _ => None,
-        };
-        Ok(lapin::tcp::OwnedTLSConfig {
-            identity,
-            cert_chain,
-        })
     }
 
     /// Returns `Ok` on shutdown, `Err` when the connection must be replaced. Events in flight
@@ -488,11 +235,8 @@ impl Publisher {
                     // Step back to the oldest event whose backoff ended; only that range is
                     // read again, and what is in flight or still waiting is skipped.
                     // (A cursor still at `None` reads from the oldest anyway.)
-                    let due = retries.lowest_due(tokio::time::Instant::now());
-                    if let (Some(due), Some(cursor)) = (due, session.cursor) {
-                        if due <= cursor {
-                            session.cursor = due.checked_sub(1);
-                        }
+                    if let Some(due) = retries.lowest_due(tokio::time::Instant::now()) {
+                        session.rewind_to(due);
                     }
                 }
                 () = shutdown.cancelled() => {
@@ -513,9 +257,7 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         // An event that committed behind the cursor (out-of-order commits) pulls it back.
         if let Some(lowest) = self.store.take_lowest_admitted() {
-            if session.cursor.is_some_and(|c| lowest <= c) {
-                session.cursor = lowest.checked_sub(1);
-            }
+            session.rewind_to(lowest);
         }
         while let Some(suspect) = retries.next_suspect() {
             if !session.in_flight.is_empty() {
@@ -561,48 +303,8 @@ impl Publisher {
         pending: Pending,
         confirms: &mut JoinSet<Confirmed>,
     ) -> Result<(), PublishError> {
-        let record = &pending.record;
-        let mut routing_key = self.config.routing_key.render(
-            &record.environment,
-            &record.event_type,
-            &record.endpoint,
-        );
-        if routing_key.len() > AMQP_SHORT_STRING {
-            let mut end = AMQP_SHORT_STRING;
-            while !routing_key.is_char_boundary(end) {
-                end -= 1;
-            }
-            routing_key.truncate(end);
-        }
-        let mut headers = FieldTable::default();
-        headers.insert(
-            ENVIRONMENT_HEADER.into(),
-            AMQPValue::LongString(record.environment.as_str().into()),
-        );
-        headers.insert(
-            "gate-endpoint".into(),
-            AMQPValue::LongString(record.endpoint.as_str().into()),
-        );
-        headers.insert(
-            "gate-received-at-ms".into(),
-            AMQPValue::LongLongInt(i64::try_from(record.received_at_ms).unwrap_or(i64::MAX)),
-        );
-        headers.insert(
-            "gate-request-id".into(),
-            AMQPValue::LongString(record.request_id.as_str().into()),
-        );
-        headers.insert(
-            crate::signature::HEADER.into(),
-            AMQPValue::LongString(record.signature.as_str().into()),
-        );
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(record.event_id.as_str().into())
-            .with_type(record.event_type.as_str().into())
-            .with_content_type("application/json".into())
-            .with_app_id("gate-relay".into())
-            .with_timestamp(record.received_at_ms / 1000)
-            .with_headers(headers);
+        let routing_key = message::routing_key(&self.config, &pending.record);
+        let properties = message::properties(&pending.record);
         let started = Instant::now();
         let confirm = tokio::time::timeout(
             PUBLISH_SEND_TIMEOUT,
@@ -651,69 +353,39 @@ impl Publisher {
     /// error or a timeout: the outcome is unknown, so it is replaced).
     async fn settle(
         &self,
-        mut settled: Vec<Confirmed>,
+        batch: Vec<Confirmed>,
         session: &mut Session,
         retries: &mut Retries,
     ) -> Result<bool, PublishError> {
-        let now = tokio::time::Instant::now();
-        let mut broken = false;
-        let mut acked = Vec::new();
-        for c in &mut settled {
-            if let Some(key) = c.returned.take() {
-                session.returns.returned(key);
-            }
-        }
-        for c in settled {
-            session.in_flight.remove(&c.seq);
-            let result =
-                if c.result == PublishResult::Ack && session.returns.unmatched.remove(&c.key) {
-                    PublishResult::Returned
-                } else {
-                    c.result
-                };
+        let Settlement {
+            results,
+            acked,
+            failed,
+            to_park,
+            mut broken,
+        } = session.settle(batch, retries, tokio::time::Instant::now());
+        for (result, elapsed) in results {
             self.metrics
                 .publishes
                 .with_label_values(&[result.label()])
                 .inc();
             if result == PublishResult::Ack {
-                self.metrics
-                    .publish_confirm
-                    .observe(c.elapsed.as_secs_f64());
-                retries.forget(c.seq);
-                session.returns.acked(c.event_id, c.key.clone());
-                acked.push((c.seq, c.key));
-                continue;
+                self.metrics.publish_confirm.observe(elapsed.as_secs_f64());
             }
-            // A refusal (nack, returned) backs off this event alone; an unknown outcome
-            // (error, timeout) replaces the connection and makes the event a suspect.
-            let refused = matches!(result, PublishResult::Nack | PublishResult::Returned);
+        }
+        for f in failed {
             tracing::warn!(
-                event_id = c.event_id,
-                result = result.label(),
-                refused,
+                event_id = f.event_id,
+                result = f.result.label(),
+                refused = f.refused,
                 "event not confirmed; will publish again"
             );
             self.status
-                .record_error(format!("{} for event {}", result.label(), c.event_id));
-            let verdict = if refused {
-                retries.refused(c.seq, now)
-            } else {
-                broken = true;
-                // A publish error on a suspect sent alone is its own; a timeout is not.
-                let counts = result == PublishResult::Error && session.counts_against(c.seq);
-                retries.unknown(c.seq, counts, now)
-            };
-            if session.isolated == Some(c.seq) {
-                session.isolated = None;
-            }
-            if let Verdict::Park { failures } = verdict {
-                let reason = format!("{} {failures} times", result.label());
-                if !self.park(c.seq, &c.key, &c.event_id, &reason, retries) {
-                    // Still pending: read it again from here.
-                    if session.cursor.is_some_and(|cursor| c.seq <= cursor) {
-                        session.cursor = c.seq.checked_sub(1);
-                    }
-                }
+                .record_error(format!("{} for event {}", f.result.label(), f.event_id));
+        }
+        for p in to_park {
+            if !self.park(p.seq, &p.key, &p.event_id, &p.reason, retries) {
+                session.rewind_to(p.seq); // still pending
             }
         }
         crate::failpoint::hit(crate::failpoint::AFTER_CONFIRM);
@@ -728,6 +400,14 @@ impl Publisher {
             tracing::error!(error = %e, "marking events published failed; publishing them again");
             return Err(e.into());
         }
+        broken |= !self.requeue_late_returns(session).await;
+        Ok(broken)
+    }
+
+    /// Events marked published whose return has since been seen go back into the outbox.
+    /// False when one could not be queued again (kept to try at the next settle).
+    async fn requeue_late_returns(&self, session: &mut Session) -> bool {
+        let mut all_queued = true;
         for (event_id, key) in session.returns.take_late() {
             tracing::warn!(
                 event_id,
@@ -744,10 +424,10 @@ impl Publisher {
                 // settle rather than forget it.
                 tracing::error!(event_id, error = %e, "queueing a returned event again failed");
                 session.returns.retry_late(event_id, key);
-                broken = true;
+                all_queued = false;
             }
         }
-        Ok(broken)
+        all_queued
     }
 
     /// Takes an event the broker keeps refusing out of the outbox, so it holds up nothing.
@@ -802,29 +482,5 @@ impl Publisher {
             }
         }
         tracing::info!(waiting, "publisher drained");
-    }
-}
-
-/// What one connection holds: publishes in flight, their confirms, returns seen, the cursor.
-#[derive(Default)]
-struct Session {
-    /// Outbox sequence → key and event id of every publish awaiting its confirm.
-    in_flight: HashMap<u64, (EventKey, String)>,
-    confirms: JoinSet<Confirmed>,
-    returns: Returns,
-    /// Highest sequence handed to the broker in this pass; `None` starts from the oldest.
-    cursor: Option<u64>,
-    /// The suspect sent alone, while its outcome is awaited.
-    isolated: Option<u64>,
-    /// The broker blocked this connection (a resource alarm) at some point: failures on it
-    /// say nothing about any event.
-    blocked: bool,
-}
-
-impl Session {
-    /// Whether a failure of `seq` is its own: it was the suspect deliberately sent alone, on a
-    /// connection the broker never blocked.
-    fn counts_against(&self, seq: u64) -> bool {
-        self.isolated == Some(seq) && !self.blocked
     }
 }
