@@ -113,23 +113,7 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        // Bounds what one HTTP/2 connection can hold: streams (each buffering up to
-        // max_body_bytes), header bytes, and how long a dead peer keeps its slot.
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).expect("16 KiB fits in u32"))
-        .keep_alive_interval(Some(H2_KEEP_ALIVE))
-        .keep_alive_timeout(H2_KEEP_ALIVE);
-    let builder = Arc::new(builder);
+    let builder = Arc::new(builder(&limits));
     let draining = CancellationToken::new();
     let mut connections = JoinSet::new();
 
@@ -168,72 +152,129 @@ pub async fn serve<H, F>(
         let (builder, tls, draining) = (Arc::clone(&builder), tls.clone(), draining.clone());
         let timeout = limits.header_read_timeout;
         connections.spawn(async move {
-            let io: Box<dyn Io> = match tls {
-                None => Box::new(stream),
-                // A handshake that does not finish in time holds no slot past the timeout.
-                Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => Box::new(stream),
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "tls handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "tls handshake not done before the header-read timeout; closed");
-                        return;
-                    }
-                },
-            };
-            let connection = builder.serve_connection(TokioIo::new(io), service);
-            tokio::pin!(connection);
-            // Idle (no request open) for the timeout: ask the connection to close (HTTP/2
-            // GOAWAY; cancels protocol detection, which waits for 24 bytes with no timeout of
-            // its own). Draining: the same, for every connection. A peer that then still does
-            // not let go within the timeout is dropped.
-            let mut closing = false;
-            let mut drop_at: Option<tokio::time::Instant> = None;
-            loop {
-                let hard_close = async {
-                    match drop_at {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    served = connection.as_mut() => {
-                        if let Err(e) = served {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    () = open.idle_for(timeout), if !closing => {
-                        tracing::debug!(%peer, "idle past the header-read timeout; closing");
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                        drop_at = Some(tokio::time::Instant::now() + timeout);
-                    }
-                    // The listener's grace period bounds how long this one may take.
-                    () = draining.cancelled(), if !closing => {
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    () = hard_close => {
-                        tracing::debug!(%peer, "did not close after being asked; dropped");
-                        break;
-                    }
-                }
-            }
+            serve_connection(
+                &builder, stream, tls, service, &open, timeout, &draining, peer,
+            )
+            .await;
             drop(permit);
         });
     }
 
     drop(listener);
+    drain(connections, draining, limits.shutdown_grace).await;
+}
+
+/// Both protocols, bounded: head size and count, HTTP/1 header-read timeout, HTTP/2 streams,
+/// header list and keep-alive.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Bounds what one HTTP/2 connection can hold: streams (each buffering up to
+        // max_body_bytes), header bytes, and how long a dead peer keeps its slot.
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).expect("16 KiB fits in u32"))
+        .keep_alive_interval(Some(H2_KEEP_ALIVE))
+        .keep_alive_timeout(H2_KEEP_ALIVE);
+    builder
+}
+
+/// One accepted connection, TLS handshake included, until it ends, idles out or is drained.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the per-connection parts of one accept, named at the one call site above"
+)]
+async fn serve_connection<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: tokio::net::TcpStream,
+    tls: Option<TlsAcceptor>,
+    service: S,
+    open: &OpenRequests,
+    timeout: Duration,
+    draining: &CancellationToken,
+    peer: std::net::SocketAddr,
+) where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let io: Box<dyn Io> = match tls {
+        None => Box::new(stream),
+        // A handshake that does not finish in time holds no slot past the timeout.
+        Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => Box::new(stream),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "tls handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "tls handshake not done before the header-read timeout; closed");
+                return;
+            }
+        },
+    };
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    // Idle (no request open) for the timeout: ask the connection to close (HTTP/2
+    // GOAWAY; cancels protocol detection, which waits for 24 bytes with no timeout of
+    // its own). Draining: the same, for every connection. A peer that then still does
+    // not let go within the timeout is dropped.
+    let mut closing = false;
+    let mut drop_at: Option<tokio::time::Instant> = None;
+    loop {
+        let hard_close = async {
+            match drop_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(e) = served {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            () = open.idle_for(timeout), if !closing => {
+                tracing::debug!(%peer, "idle past the header-read timeout; closing");
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+                drop_at = Some(tokio::time::Instant::now() + timeout);
+            }
+            // The listener's grace period bounds how long this one may take.
+            () = draining.cancelled(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = hard_close => {
+                tracing::debug!(%peer, "did not close after being asked; dropped");
+                break;
+            }
+        }
+    }
+}
+
+/// After the listener closed: asks every connection to finish, waits up to the grace period,
+/// then closes what is still open.
+async fn drain(mut connections: JoinSet<()>, draining: CancellationToken, grace: Duration) {
     let open = connections.len();
     tracing::info!(open, "stopped accepting; draining connections");
     draining.cancel();
     let drained = async { while connections.join_next().await.is_some() {} };
     tokio::select! {
         () = drained => tracing::info!("connections drained"),
-        () = tokio::time::sleep(limits.shutdown_grace) => {
+        () = tokio::time::sleep(grace) => {
             tracing::warn!(open = connections.len(), "grace period over; closing open connections");
         }
     }
