@@ -89,6 +89,7 @@ pub struct Running {
 /// Builds everything and starts serving.
 pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppError> {
     let addr = local_addr(&listeners.webhook, config.server.listen)?;
+    let admin_addr = local_addr(&listeners.admin, config.admin.listen)?;
     let tls = config
         .server
         .tls
@@ -96,60 +97,31 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppE
         .map(ServerTls::load)
         .transpose()?
         .map(Arc::new);
-    let admin_addr = local_addr(&listeners.admin, config.admin.listen)?;
     let store_config = config.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&store_config))
         .await
         .map_err(|_| StoreError::Closed)??;
-    let store = Arc::new(store);
-    let metrics = Metrics::new();
-    metrics.store_recreated.set(i64::from(store.recreated()));
-    let broker = Arc::new(BrokerStatus::default());
-    let confirmations = Arc::new(Confirmations::default());
-    let draining = Arc::new(AtomicBool::new(false));
-
-    let ingest = Ingest::new(
-        Arc::clone(&store),
-        Arc::clone(&confirmations),
-        Arc::clone(&broker),
-        metrics.clone(),
-        config.delivery.ack,
-        config.delivery.confirm_timeout,
-    );
-    let routes = Routes::new(
-        &config.endpoints,
-        ingest,
-        metrics.clone(),
-        config.server.max_body_bytes,
-        config.server.request_timeout,
-        config.delivery.retry_after_secs,
-        // One delivery per allowed connection: memory stays within max_connections bodies
-        // however HTTP/2 multiplexes them.
-        config.server.max_connections,
-        config.server.max_body_bytes_in_flight,
-    );
+    let shared = Shared {
+        store: Arc::new(store),
+        metrics: Metrics::new(),
+        broker: Arc::new(BrokerStatus::default()),
+        confirmations: Arc::new(Confirmations::default()),
+        draining: Arc::new(AtomicBool::new(false)),
+    };
+    let store = &shared.store;
+    shared
+        .metrics
+        .store_recreated
+        .set(i64::from(store.recreated()));
+    let routes = webhook_routes(&config, &shared);
+    let admin = admin_api(&config, &shared);
     let publisher = Publisher::new(
-        Arc::clone(&store),
-        confirmations,
-        Arc::clone(&broker),
-        metrics.clone(),
+        Arc::clone(store),
+        Arc::clone(&shared.confirmations),
+        Arc::clone(&shared.broker),
+        shared.metrics.clone(),
         config.amqp.clone(),
     );
-    let admin = Arc::new(Admin {
-        store: Arc::clone(&store),
-        broker: Arc::clone(&broker),
-        metrics: metrics.clone(),
-        draining: Arc::clone(&draining),
-        environments: config
-            .endpoints
-            .iter()
-            .map(|e| e.environment.clone())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect(),
-        token: config.admin.token.clone(),
-    });
-
     let webhook_limits = Limits {
         max_connections: config.server.max_connections,
         header_read_timeout: config.server.header_read_timeout,
@@ -159,62 +131,108 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppE
         max_connections: ADMIN_MAX_CONNECTIONS,
         ..webhook_limits.clone()
     };
-
-    // Spawned in shutdown order: the webhook server stops first, the admin listener last.
-    let mut tasks = Vec::new();
-    let token = CancellationToken::new();
-    let reload_routes = Arc::clone(&routes);
-    let handler = move |req| Arc::clone(&routes).handle(req);
-    let server_task = tokio::spawn(server::serve(
-        listeners.webhook,
-        tls.as_ref().map(|t| t.acceptor()),
-        handler,
-        webhook_limits,
-        token.clone(),
-    ));
-    tasks.push(("webhook listener", token, server_task));
-    let token = CancellationToken::new();
-    tasks.push((
-        "publisher",
-        token.clone(),
-        tokio::spawn(publisher.run(token)),
-    ));
-    let token = CancellationToken::new();
-    tasks.push((
-        "store flusher",
-        token.clone(),
-        tokio::spawn(Arc::clone(&store).run_flusher(token, metrics.store_flush.clone())),
-    ));
-    let token = CancellationToken::new();
     let retention = Retention {
         bodies: config.store.retain_bodies,
         events: config.store.retain_events,
     };
-    let pruner = Arc::clone(&store).run_pruner(token.clone(), PRUNE_EVERY, retention);
-    tasks.push(("pruner", token, tokio::spawn(pruner)));
-    let token = CancellationToken::new();
+    let flush_histogram = shared.metrics.store_flush.clone();
+
+    // Spawned in shutdown order: the webhook server stops first, the admin listener last.
+    let mut tasks = Tasks::default();
+    let acceptor = tls.as_ref().map(|t| t.acceptor());
+    let webhook = Arc::clone(&routes);
+    let handler = move |req| Arc::clone(&webhook).handle(req);
+    tasks.spawn("webhook listener", |token| {
+        server::serve(listeners.webhook, acceptor, handler, webhook_limits, token)
+    });
+    tasks.spawn("publisher", |token| publisher.run(token));
+    tasks.spawn("store flusher", |token| {
+        Arc::clone(store).run_flusher(token, flush_histogram)
+    });
+    tasks.spawn("pruner", |token| {
+        Arc::clone(store).run_pruner(token, PRUNE_EVERY, retention)
+    });
     let handler = move |req| Arc::clone(&admin).handle(req);
-    let admin_task = tokio::spawn(server::serve(
-        listeners.admin,
-        None,
-        handler,
-        admin_limits,
-        token.clone(),
-    ));
-    tasks.push(("admin listener", token, admin_task));
+    tasks.spawn("admin listener", |token| {
+        server::serve(listeners.admin, None, handler, admin_limits, token)
+    });
 
     tracing::info!(%addr, %admin_addr, ack = ?config.delivery.ack, "listening");
     Ok(Running {
         addr,
         admin_addr,
-        metrics,
-        broker,
-        store,
-        routes: reload_routes,
+        metrics: shared.metrics,
+        broker: shared.broker,
+        store: shared.store,
+        routes,
         tls,
-        draining,
-        tasks,
+        draining: shared.draining,
+        tasks: tasks.0,
     })
+}
+
+/// What the parts of a running relay share.
+struct Shared {
+    store: Arc<Store>,
+    metrics: Metrics,
+    broker: Arc<BrokerStatus>,
+    confirmations: Arc<Confirmations>,
+    draining: Arc<AtomicBool>,
+}
+
+fn webhook_routes(config: &Config, shared: &Shared) -> Arc<Routes> {
+    let ingest = Ingest::new(
+        Arc::clone(&shared.store),
+        Arc::clone(&shared.confirmations),
+        Arc::clone(&shared.broker),
+        shared.metrics.clone(),
+        config.delivery.ack,
+        config.delivery.confirm_timeout,
+    );
+    Routes::new(
+        &config.endpoints,
+        ingest,
+        shared.metrics.clone(),
+        config.server.max_body_bytes,
+        config.server.request_timeout,
+        config.delivery.retry_after_secs,
+        // One delivery per allowed connection: memory stays within max_connections bodies
+        // however HTTP/2 multiplexes them.
+        config.server.max_connections,
+        config.server.max_body_bytes_in_flight,
+    )
+}
+
+fn admin_api(config: &Config, shared: &Shared) -> Arc<Admin> {
+    Arc::new(Admin {
+        store: Arc::clone(&shared.store),
+        broker: Arc::clone(&shared.broker),
+        metrics: shared.metrics.clone(),
+        draining: Arc::clone(&shared.draining),
+        environments: config
+            .endpoints
+            .iter()
+            .map(|e| e.environment.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        token: config.admin.token.clone(),
+    })
+}
+
+/// The relay's background tasks, each with the token that stops it, in shutdown order.
+#[derive(Default)]
+struct Tasks(Vec<(&'static str, CancellationToken, JoinHandle<()>)>);
+
+impl Tasks {
+    fn spawn<F>(&mut self, name: &'static str, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(task(token.clone()));
+        self.0.push((name, token, handle));
+    }
 }
 
 fn local_addr(listener: &TcpListener, configured: SocketAddr) -> Result<SocketAddr, AppError> {
