@@ -39,9 +39,6 @@ impl Store {
         // A soft bound: concurrent admits may pass it by a few events, never without limit.
         self.room_for(new.key, size)?;
         let seq = self.db.generate_id()?;
-        // Counted before the commit and taken back if nothing was inserted: once committed the
-        // publisher may confirm and subtract it at once, and the counters must never go below zero.
-        self.count_in(new.key, size);
         let record = encode_record(&EventRecord {
             state: EventState::Pending,
             seq,
@@ -61,14 +58,14 @@ impl Store {
             parked_reason: None,
             dropped_at_ms: None,
         });
-        let written = self.write_new(seq, new, &record);
-        if !matches!(written, Ok(true)) {
-            self.count_out(new.key, size);
-        }
-        if written? {
+        if self.enqueue(
+            new.key,
+            size,
+            seq,
+            || self.write_new(seq, new, &record),
+            |w| *w,
+        )? {
             self.events_stored.fetch_add(1, Ordering::SeqCst);
-            self.lowest_admitted.fetch_min(seq, Ordering::SeqCst);
-            self.outbox_grew.notify_one();
             return Ok(Admission::New);
         }
         // Unreachable while admits of one key hold its stripe lock; kept as a safe answer.

@@ -178,38 +178,36 @@ impl Store {
         if bounded {
             self.room_for(key, size)?;
         }
-        self.count_in(key, size);
-        let outcome = (&self.events, &self.outbox, &self.bodies, &self.parked).transaction(
-            |(events, outbox, bodies, parked)| {
-                let Some(raw) = events.get(&key.0)? else {
-                    return Ok(Replay::NotFound);
-                };
-                let Ok(mut record) = decode_record(&raw) else {
-                    return Ok(Replay::Corrupt);
-                };
-                if record.state == EventState::Pending {
-                    return Ok(Replay::AlreadyPending);
-                }
-                if record.size > 0 && bodies.get(chunk_key(record.seq, 0))?.is_none() {
-                    return Ok(Replay::BodyPruned);
-                }
-                record.state = EventState::Pending;
-                record.published_at_ms = None;
-                record.queued_seq = Some(outbox_seq);
-                record.parked_reason = None;
-                events.insert(key.0.as_slice(), encode_record(&record))?;
-                outbox.insert(&outbox_seq.to_be_bytes(), outbox_value(record.size, key))?;
-                parked.remove(key.0.as_slice())?;
-                Ok::<_, ConflictableTransactionError<()>>(Replay::Queued)
-            },
-        );
-        if !matches!(outcome, Ok(Replay::Queued)) {
-            self.count_out(key, size);
-        }
-        let replay = committed(outcome)?;
+        let queue = || {
+            committed(
+                (&self.events, &self.outbox, &self.bodies, &self.parked).transaction(
+                    |(events, outbox, bodies, parked)| {
+                        let Some(raw) = events.get(&key.0)? else {
+                            return Ok(Replay::NotFound);
+                        };
+                        let Ok(mut record) = decode_record(&raw) else {
+                            return Ok(Replay::Corrupt);
+                        };
+                        if record.state == EventState::Pending {
+                            return Ok(Replay::AlreadyPending);
+                        }
+                        if record.size > 0 && bodies.get(chunk_key(record.seq, 0))?.is_none() {
+                            return Ok(Replay::BodyPruned);
+                        }
+                        record.state = EventState::Pending;
+                        record.published_at_ms = None;
+                        record.queued_seq = Some(outbox_seq);
+                        record.parked_reason = None;
+                        events.insert(key.0.as_slice(), encode_record(&record))?;
+                        outbox.insert(&outbox_seq.to_be_bytes(), outbox_value(record.size, key))?;
+                        parked.remove(key.0.as_slice())?;
+                        Ok::<_, ConflictableTransactionError<()>>(Replay::Queued)
+                    },
+                ),
+            )
+        };
+        let replay = self.enqueue(key, size, outbox_seq, queue, |r| *r == Replay::Queued)?;
         if replay == Replay::Queued {
-            self.lowest_admitted.fetch_min(outbox_seq, Ordering::SeqCst);
-            self.outbox_grew.notify_one();
             self.wait_durable().await?;
         }
         Ok(replay)

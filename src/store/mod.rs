@@ -48,23 +48,30 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use serde::{Deserialize, Serialize};
 use sled::transaction::TransactionError;
 use tokio::sync::{Notify, watch};
 
 use crate::config::StoreConfig;
-use crate::event::EventId;
 
 mod admit;
 mod flush;
 mod inspect;
+mod keys;
+mod outbox;
 mod park;
+mod publish;
+mod record;
 mod repair;
 pub use inspect::{ListFilter, Listing, Pruned, Replay, Retention};
+use keys::{
+    chunk_count, chunk_key, outbox_value, parse_outbox_entry, parse_settled_key, settled_key,
+};
+pub use outbox::OutboxDepth;
 pub use park::DropOutcome;
+pub use record::{Admission, EventKey, EventRecord, EventState, NewEvent, Pending, PendingBatch};
+use record::{decode_record, encode_record};
 
 /// Bodies are stored in chunks of at most this size, one sled value each.
 pub const BODY_CHUNK: usize = 32 * 1024;
@@ -77,144 +84,8 @@ pub const BODY_CHUNK: usize = 32 * 1024;
 /// a store.
 const SEGMENT_SIZE: usize = 8 << 20;
 
-/// Where an event is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventState {
-    /// Stored; not yet confirmed by the broker.
-    Pending,
-    /// Confirmed by the broker (`Ack` without a returned message).
-    Published,
-    /// Refused by the broker past the attempt bound: out of the outbox, body kept, listed for
-    /// an operator to replay or drop (see `park`). Never discarded silently.
-    Parked,
-    /// A parked event an operator chose not to deliver; its body is pruned like a published one.
-    Dropped,
-}
-
-/// What the relay knows about an event besides its body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventRecord {
-    pub state: EventState,
-    pub seq: u64,
-    pub environment: String,
-    pub event_id: String,
-    pub event_type: String,
-    pub endpoint: String,
-    pub received_at_ms: u64,
-    pub published_at_ms: Option<u64>,
-    pub body_sha256: String,
-    pub size: u64,
-    /// The first delivery's request id (forwarded with the message).
-    pub request_id: String,
-    /// The `Gate-Signature` header as received, forwarded so consumers can verify again.
-    pub signature: String,
-    /// Deliveries of this id seen so far, the first included (retries and replays from 0Gate).
-    #[serde(default = "one")]
-    pub deliveries: u64,
-    /// Request ids of the latest deliveries, oldest first, at most [`MAX_REQUEST_IDS`].
-    #[serde(default)]
-    pub request_ids: Vec<String>,
-    /// The outbox sequence of the latest queueing when it is not `seq` (a replay queues the
-    /// event under a new sequence; its body stays under `seq`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queued_seq: Option<u64>,
-    /// Why the publisher parked it (state `parked`, or `dropped` after it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parked_reason: Option<String>,
-    /// When an operator dropped it (state `dropped`); retention counts from here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dropped_at_ms: Option<u64>,
-}
-
-impl EventState {
-    /// As stored and as the admin API shows it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Published => "published",
-            Self::Parked => "parked",
-            Self::Dropped => "dropped",
-        }
-    }
-
-    /// Done with: the pruner may take its body, and later its record.
-    pub fn is_settled(self) -> bool {
-        matches!(self, Self::Published | Self::Dropped)
-    }
-}
-
-impl EventRecord {
-    /// The outbox sequence this event is (or was last) queued under.
-    pub fn queued_seq(&self) -> u64 {
-        self.queued_seq.unwrap_or(self.seq)
-    }
-}
-
-fn one() -> u64 {
-    1
-}
-
 /// Request ids kept per record: enough to trace a retry storm, bounded so a record stays small.
 pub const MAX_REQUEST_IDS: usize = 16;
-
-/// The dedupe key: environment and event id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct EventKey(Vec<u8>);
-
-impl EventKey {
-    /// Environment names never contain `\0` (config validates them), so the split is unambiguous.
-    /// The environment part of the key.
-    pub fn environment(&self) -> &[u8] {
-        self.0.split(|b| *b == 0).next().unwrap_or(&[])
-    }
-
-    pub fn new(environment: &str, id: &EventId) -> Self {
-        Self::from_parts(environment, id.as_str())
-    }
-
-    /// The key of a message as the broker hands it back (its `gate-environment` header and
-    /// `message_id`), unvalidated: only ever compared with keys made by [`EventKey::new`].
-    pub fn from_parts(environment: &str, event_id: &str) -> Self {
-        let mut key = Vec::with_capacity(environment.len() + 1 + event_id.len());
-        key.extend_from_slice(environment.as_bytes());
-        key.push(0);
-        key.extend_from_slice(event_id.as_bytes());
-        Self(key)
-    }
-}
-
-/// A first sighting, as ingest hands it over.
-#[derive(Debug)]
-pub struct NewEvent<'a> {
-    pub key: &'a EventKey,
-    pub environment: &'a str,
-    pub event_id: &'a EventId,
-    pub event_type: &'a str,
-    pub endpoint: &'a str,
-    pub received_at_ms: u64,
-    pub request_id: &'a str,
-    pub signature: &'a str,
-    pub body: &'a Bytes,
-}
-
-/// The result of [`Store::admit`], returned once it is durable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    /// First sight: recorded and queued for publishing.
-    New,
-    /// Seen before; its record as it stood.
-    Seen(EventState),
-}
-
-/// One event waiting in the outbox.
-#[derive(Debug, Clone)]
-pub struct Pending {
-    pub seq: u64,
-    pub key: EventKey,
-    pub record: EventRecord,
-    pub body: Bytes,
-}
 
 #[derive(Debug, Clone, Copy, Default)]
 struct FlushState {
@@ -222,23 +93,6 @@ struct FlushState {
     stopped: bool,
     /// A flush failed: writes since the last good one may not be on disk.
     failed: bool,
-}
-
-/// What one outbox read found.
-#[derive(Debug)]
-pub struct PendingBatch {
-    pub events: Vec<Pending>,
-    /// The highest sequence looked at (loaded or skipped); where the next read continues.
-    pub last_seq: Option<u64>,
-    /// True when the read reached the end of the outbox.
-    pub exhausted: bool,
-}
-
-/// Outbox depth, kept in memory and rebuilt on open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutboxDepth {
-    pub events: u64,
-    pub bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -305,9 +159,6 @@ pub struct Store {
     admit_hasher: std::hash::RandomState,
 }
 
-/// Outbox entries [`Store::oldest_pending_age`] looks through for one with a record.
-const OLDEST_LOOKAHEAD: usize = 64;
-
 /// Stripes for admit locks: far more than concurrent admits, so distinct keys rarely wait.
 const ADMIT_STRIPES: usize = 256;
 
@@ -338,50 +189,6 @@ fn now_ms() -> u64 {
     unix_ms(std::time::SystemTime::now())
 }
 
-fn decode_record(bytes: &[u8]) -> Result<EventRecord, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn encode_record(record: &EventRecord) -> Vec<u8> {
-    serde_json::to_vec(record).expect("an EventRecord always serialises")
-}
-
-fn chunk_key(seq: u64, chunk: u32) -> [u8; 12] {
-    let mut key = [0u8; 12];
-    key[..8].copy_from_slice(&seq.to_be_bytes());
-    key[8..].copy_from_slice(&chunk.to_be_bytes());
-    key
-}
-
-/// Key of the `settled` index: time first, so a range up to a cutoff is what is due.
-fn settled_key(settled_at_ms: u64, seq: u64) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&settled_at_ms.to_be_bytes());
-    key[8..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
-
-fn parse_settled_key(key: &[u8]) -> Result<(u64, u64), StoreError> {
-    let corrupt = || StoreError::Corrupt("settled index key".to_owned());
-    let (at, seq) = key.split_at_checked(8).ok_or_else(corrupt)?;
-    Ok((
-        u64::from_be_bytes(at.try_into().map_err(|_| corrupt())?),
-        u64::from_be_bytes(seq.try_into().map_err(|_| corrupt())?),
-    ))
-}
-
-fn chunk_count(size: u64) -> u32 {
-    let chunk = BODY_CHUNK as u64;
-    u32::try_from(size.div_ceil(chunk)).expect("bodies are capped far below 4 billion chunks")
-}
-
-/// Outbox values: body size (for the byte bound) then the event key.
-fn outbox_value(size: u64, key: &EventKey) -> Vec<u8> {
-    let mut value = size.to_be_bytes().to_vec();
-    value.extend_from_slice(&key.0);
-    value
-}
-
 /// A file beside the store directory, created once the first store there is durable: a later
 /// open that finds the marker but no store knows a store was lost or replaced, and says so.
 /// Beside, not inside, because whatever removes or loses the directory takes its contents too.
@@ -390,14 +197,6 @@ fn marker_path(store: &std::path::Path) -> PathBuf {
         .file_name()
         .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
     store.with_file_name(format!(".{name}.gate-relay-store"))
-}
-
-fn parse_outbox_entry(k: &[u8], v: &[u8]) -> Result<(u64, u64, EventKey), StoreError> {
-    let corrupt = || StoreError::Corrupt("outbox entry".to_owned());
-    let seq = u64::from_be_bytes(k.try_into().map_err(|_| corrupt())?);
-    let (size, key) = v.split_at_checked(8).ok_or_else(corrupt)?;
-    let size = u64::from_be_bytes(size.try_into().map_err(|_| corrupt())?);
-    Ok((seq, size, EventKey(key.to_vec())))
 }
 
 impl Store {
@@ -473,13 +272,6 @@ impl Store {
         self.recreated
     }
 
-    pub fn outbox_depth(&self) -> OutboxDepth {
-        OutboxDepth {
-            events: self.outbox_events.load(Ordering::SeqCst),
-            bytes: self.outbox_bytes.load(Ordering::SeqCst),
-        }
-    }
-
     /// True when a flush failed (while running, or the last one at shutdown).
     pub fn flush_failed(&self) -> bool {
         self.flushed.borrow().failed
@@ -492,30 +284,8 @@ impl Store {
 
     /// `OutboxFull` unless one more entry of `size` bytes for `key`'s environment fits the
     /// outbox bounds, which apply to each environment alone.
-    fn room_for(&self, key: &EventKey, size: u64) -> Result<(), StoreError> {
-        let depth = self.depth_of(key.environment());
-        if depth.events >= self.max_outbox_events
-            || depth.bytes.saturating_add(size) > self.max_outbox_bytes
-        {
-            return Err(StoreError::OutboxFull {
-                events: depth.events,
-                bytes: depth.bytes,
-            });
-        }
-        Ok(())
-    }
-
     /// True when a new event of `environment` would be refused.
-    pub fn outbox_full(&self, environment: &str) -> bool {
-        let depth = self.depth_of(environment.as_bytes());
-        depth.events >= self.max_outbox_events || depth.bytes >= self.max_outbox_bytes
-    }
-
     /// The outbox depth of one environment.
-    pub fn outbox_depth_of(&self, environment: &str) -> OutboxDepth {
-        self.depth_of(environment.as_bytes())
-    }
-
     fn depth_of(&self, environment: &[u8]) -> OutboxDepth {
         self.depth_by_env
             .lock()
@@ -531,54 +301,7 @@ impl Store {
     /// Counts an outbox entry of `size` bytes in, in total and for its environment. Counted
     /// before its commit (see `admit`), taken back with [`Store::count_out`] if nothing was
     /// written.
-    fn count_in(&self, key: &EventKey, size: u64) {
-        self.outbox_events.fetch_add(1, Ordering::SeqCst);
-        self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
-        let mut by_env = self
-            .depth_by_env
-            .lock()
-            .expect("no panics while holding the lock");
-        let depth = by_env
-            .entry(key.environment().to_vec())
-            .or_insert(OutboxDepth {
-                events: 0,
-                bytes: 0,
-            });
-        depth.events += 1;
-        depth.bytes += size;
-    }
-
-    fn count_out(&self, key: &EventKey, size: u64) {
-        self.outbox_events.fetch_sub(1, Ordering::SeqCst);
-        self.outbox_bytes.fetch_sub(size, Ordering::SeqCst);
-        let mut by_env = self
-            .depth_by_env
-            .lock()
-            .expect("no panics while holding the lock");
-        if let Some(depth) = by_env.get_mut(key.environment()) {
-            depth.events = depth.events.saturating_sub(1);
-            depth.bytes = depth.bytes.saturating_sub(size);
-        }
-    }
-
     /// How long the oldest outbox event has waited; `None` when the outbox is empty.
-    pub fn oldest_pending_age(&self) -> Option<Duration> {
-        // The first entries may belong to admits still writing their record: look a little
-        // further rather than report an empty outbox.
-        let oldest = self
-            .outbox
-            .iter()
-            .take(OLDEST_LOOKAHEAD)
-            .find_map(|entry| {
-                let (k, v) = entry.ok()?;
-                let (_, _, key) = parse_outbox_entry(&k, &v).ok()?;
-                self.record(&key).ok()?
-            })?;
-        Some(Duration::from_millis(
-            now_ms().saturating_sub(oldest.received_at_ms),
-        ))
-    }
-
     /// The record for `key`, if any.
     pub fn record(&self, key: &EventKey) -> Result<Option<EventRecord>, StoreError> {
         self.events
@@ -589,76 +312,6 @@ impl Store {
 
     /// Up to `limit` outbox events with a sequence above `after`, in arrival order, leaving out
     /// (without loading) those `skip` names.
-    pub fn pending_after(
-        &self,
-        after: Option<u64>,
-        limit: usize,
-        skip: impl Fn(u64) -> bool,
-    ) -> Result<PendingBatch, StoreError> {
-        let start = after.map_or(0, |seq| seq.saturating_add(1));
-        let mut batch = PendingBatch {
-            events: Vec::new(),
-            last_seq: after,
-            exhausted: true,
-        };
-        for entry in self.outbox.range(start.to_be_bytes()..) {
-            if batch.events.len() == limit {
-                batch.exhausted = false;
-                break;
-            }
-            let (k, v) = entry?;
-            let (seq, size, key) = parse_outbox_entry(&k, &v)?;
-            batch.last_seq = Some(seq);
-            if skip(seq) {
-                continue;
-            }
-            // A broken entry must not stop the publisher for everyone else: report and skip it
-            // (it stays in the outbox, visible in /outbox and the outbox metrics).
-            let record = match self.record(&key) {
-                Ok(Some(record)) => record,
-                // An admit still writing (its record comes last); it lowers the rewind mark
-                // once its record is in, so the reader comes back for it.
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!(seq, error = %e, "outbox entry has an unreadable record; skipped");
-                    continue;
-                }
-            };
-            if record.queued_seq() != seq {
-                // Left by a sled error midway through an admit; the next start removes it.
-                tracing::warn!(
-                    seq,
-                    event_id = record.event_id,
-                    "stale outbox entry; skipped"
-                );
-                continue;
-            }
-            // A replay queues the event under a new sequence; its body stays under the first.
-            let body = match self.body(record.seq, size) {
-                Ok(Some(body)) => body,
-                Ok(None) => {
-                    tracing::error!(
-                        seq,
-                        event_id = record.event_id,
-                        "outbox entry has no body; skipped"
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(seq, event_id = record.event_id, error = %e, "outbox entry has an unreadable body; skipped");
-                    continue;
-                }
-            };
-            batch.events.push(Pending {
-                seq,
-                key,
-                record,
-                body,
-            });
-        }
-        Ok(batch)
-    }
-
     /// The body stored under `seq`, if it has not been pruned.
     pub fn body(&self, seq: u64, size: u64) -> Result<Option<Bytes>, StoreError> {
         let mut body = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
@@ -681,57 +334,10 @@ impl Store {
 
     /// The lowest sequence admitted since the last call, if any: a reader whose cursor is past
     /// it must step back to it.
-    pub fn take_lowest_admitted(&self) -> Option<u64> {
-        let lowest = self.lowest_admitted.swap(u64::MAX, Ordering::SeqCst);
-        (lowest != u64::MAX).then_some(lowest)
-    }
-
     /// Resolves when the outbox may have gained events since the last call.
-    pub async fn outbox_grew(&self) {
-        self.outbox_grew.notified().await;
-    }
-
     /// Marks events confirmed by the broker: record `published`, outbox entry removed. The body
     /// stays for replay until the retention task prunes it. Not waited on for durability (see
     /// the module guarantee).
-    pub fn mark_published(&self, confirmed: &[(u64, EventKey)]) -> Result<(), StoreError> {
-        if confirmed.is_empty() {
-            return Ok(());
-        }
-        let published_at = now_ms();
-        // Plain writes, not a transaction (see `write_new`). The record first: a crash between
-        // the two leaves a published record with its outbox entry, which the next start removes.
-        for (seq, key) in confirmed {
-            let seq_key = seq.to_be_bytes();
-            if !self.outbox.contains_key(seq_key)? {
-                continue; // already marked (a republish confirmed twice)
-            }
-            let mut body_seq = None;
-            self.events.update_and_fetch(&key.0, |old| {
-                let old = old?;
-                let Ok(mut record) = decode_record(old) else {
-                    return Some(old.to_vec());
-                };
-                // A stale entry's confirm says nothing about the queueing that superseded it.
-                if record.queued_seq() == *seq {
-                    record.state = EventState::Published;
-                    record.published_at_ms = Some(published_at);
-                    body_seq = Some(record.seq);
-                }
-                Some(encode_record(&record))
-            })?;
-            // For the pruner; written after the record, so a crash between leaves a published
-            // record it never prunes (kept, not lost).
-            if let Some(body_seq) = body_seq.take() {
-                self.settled
-                    .insert(settled_key(published_at, body_seq), key.0.as_slice())?;
-            }
-            // Counted per entry, so an error on a later one leaves the counters right.
-            self.dequeue(*seq)?;
-        }
-        Ok(())
-    }
-
     /// Removes the outbox entry `seq`, if present, and takes it off the outbox counters.
     fn dequeue(&self, seq: u64) -> Result<(), StoreError> {
         let seq_key = seq.to_be_bytes();
@@ -753,10 +359,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use tokio_util::sync::CancellationToken;
 
     use super::*;
+    use crate::event::EventId;
 
     #[test]
     fn a_state_reads_as_it_serialises() {
