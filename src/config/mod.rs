@@ -13,32 +13,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// A webhook secret. Its `Debug` and `Display` never show the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+mod duration;
+mod problems;
+mod secret;
 
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Self(value)
-    }
-
-    /// The value, for computing a MAC. Never log or format it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+use duration::parse_duration;
+pub use problems::ConfigError;
+use problems::Problems;
+pub use secret::Secret;
 
 /// An AMQP URL; `Debug`/`Display` hide the password.
 #[derive(Clone, PartialEq, Eq)]
@@ -346,13 +328,6 @@ impl RoutingKeyTemplate {
     }
 }
 
-/// Every problem found in a config file, each with its key path.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-pub struct ConfigError {
-    pub problems: Vec<String>,
-}
-
 // Defaults, each with its reason.
 /// 0Gate publishes no size limit; 1 MiB is far above any envelope seen and bounds memory.
 const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
@@ -401,13 +376,9 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             problems: vec![redact_toml_error(&e)],
         })?;
-        let mut problems = Vec::new();
+        let mut problems = Problems::default();
         let config = validate(raw, env, &mut problems);
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError { problems })
-        }
+        problems.finish(Some(config))
     }
 }
 
@@ -424,12 +395,10 @@ fn redact_toml_error(e: &toml::de::Error) -> String {
 fn validate(
     raw: RawConfig,
     env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Vec<String>,
+    problems: &mut Problems,
 ) -> Config {
-    let mut problem = |key: &str, what: String| problems.push(format!("{key}: {what}"));
-
     let listen = raw.server.listen.parse().unwrap_or_else(|_| {
-        problem(
+        problems.report(
             "server.listen",
             format!(
                 "{:?} is not an address like 127.0.0.1:8080",
@@ -440,7 +409,7 @@ fn validate(
     });
     let admin_listen = raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
     let admin_listen: SocketAddr = admin_listen.parse().unwrap_or_else(|_| {
-        problem(
+        problems.report(
             "admin.listen",
             format!("{admin_listen:?} is not an address like 127.0.0.1:9090"),
         );
@@ -451,14 +420,14 @@ fn validate(
         Some(var) => match env(var) {
             Some(token) if token.len() >= 16 => Some(Secret::new(token)),
             Some(_) => {
-                problem(
+                problems.report(
                     "admin.token_env",
                     format!("the token in {var} is shorter than 16 characters"),
                 );
                 None
             }
             None => {
-                problem(
+                problems.report(
                     "admin.token_env",
                     format!("environment variable {var} is not set"),
                 );
@@ -467,7 +436,7 @@ fn validate(
         },
     };
     if raw.admin.token_env.is_none() && !admin_listen.ip().is_loopback() {
-        problem(
+        problems.report(
             "admin.token_env",
             "the admin listener is not on loopback: set token_env".to_owned(),
         );
@@ -479,114 +448,107 @@ fn validate(
             .unwrap_or(DEFAULT_RETAIN_BODIES),
     )
     .unwrap_or_else(|why| {
-        problem("store.retain_bodies", why);
+        problems.report("store.retain_bodies", why);
         None
     })
     .unwrap_or(Duration::MAX);
     let retain_events = parse_duration(raw.store.retain_events.as_deref().unwrap_or("forever"))
         .unwrap_or_else(|why| {
-            problem("store.retain_events", why);
+            problems.report("store.retain_events", why);
             None
         });
-    let mut positive = |key: &str, value: Option<u64>, default: u64, max: u64| -> u64 {
-        let v = value.unwrap_or(default);
-        if v == 0 || v > max {
-            problem(key, format!("{v} is out of range 1..={max}"));
-        }
-        v
-    };
-    let max_body_bytes = positive(
+    let max_body_bytes = problems.positive(
         "server.max_body_bytes",
         raw.server.max_body_bytes,
         DEFAULT_MAX_BODY_BYTES,
         MAX_MAX_BODY_BYTES,
     );
-    let header_read_timeout_ms = positive(
+    let header_read_timeout_ms = problems.positive(
         "server.header_read_timeout_ms",
         raw.server.header_read_timeout_ms,
         DEFAULT_HEADER_READ_TIMEOUT_MS,
         600_000,
     );
-    let request_timeout_ms = positive(
+    let request_timeout_ms = problems.positive(
         "server.request_timeout_ms",
         raw.server.request_timeout_ms,
         DEFAULT_REQUEST_TIMEOUT_MS,
         600_000,
     );
-    let max_connections = positive(
+    let max_connections = problems.positive(
         "server.max_connections",
         raw.server.max_connections,
         DEFAULT_MAX_CONNECTIONS,
         1_000_000,
     );
     // Reserved through a semaphore whose requests count in u32.
-    let max_body_bytes_in_flight = positive(
+    let max_body_bytes_in_flight = problems.positive(
         "server.max_body_bytes_in_flight",
         raw.server.max_body_bytes_in_flight,
         DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
         u64::from(u32::MAX),
     );
-    let shutdown_grace_ms = positive(
+    let shutdown_grace_ms = problems.positive(
         "server.shutdown_grace_ms",
         raw.server.shutdown_grace_ms,
         DEFAULT_SHUTDOWN_GRACE_MS,
         600_000,
     );
-    let max_outbox_events = positive(
+    let max_outbox_events = problems.positive(
         "store.max_outbox_events",
         raw.store.max_outbox_events,
         DEFAULT_MAX_OUTBOX_EVENTS,
         u64::MAX,
     );
-    let max_outbox_bytes = positive(
+    let max_outbox_bytes = problems.positive(
         "store.max_outbox_bytes",
         raw.store.max_outbox_bytes,
         DEFAULT_MAX_OUTBOX_BYTES,
         u64::MAX,
     );
-    let cache_capacity_bytes = positive(
+    let cache_capacity_bytes = problems.positive(
         "store.cache_capacity_bytes",
         raw.store.cache_capacity_bytes,
         DEFAULT_CACHE_CAPACITY_BYTES,
         u64::MAX,
     );
-    let max_in_flight = positive(
+    let max_in_flight = problems.positive(
         "amqp.max_in_flight",
         raw.amqp.max_in_flight,
         DEFAULT_MAX_IN_FLIGHT,
         65_535,
     );
-    let connect_timeout_ms = positive(
+    let connect_timeout_ms = problems.positive(
         "amqp.connect_timeout_ms",
         raw.amqp.connect_timeout_ms,
         DEFAULT_CONNECT_TIMEOUT_MS,
         600_000,
     );
-    let publish_confirm_timeout_ms = positive(
+    let publish_confirm_timeout_ms = problems.positive(
         "amqp.publish_confirm_timeout_ms",
         raw.amqp.publish_confirm_timeout_ms,
         DEFAULT_PUBLISH_CONFIRM_TIMEOUT_MS,
         600_000,
     );
-    let reconnect_max_backoff_ms = positive(
+    let reconnect_max_backoff_ms = problems.positive(
         "amqp.reconnect_max_backoff_ms",
         raw.amqp.reconnect_max_backoff_ms,
         DEFAULT_RECONNECT_MAX_BACKOFF_MS,
         3_600_000,
     );
-    let park_after_attempts = positive(
+    let park_after_attempts = problems.positive(
         "amqp.park_after_attempts",
         raw.amqp.park_after_attempts,
         DEFAULT_PARK_AFTER_ATTEMPTS,
         1_000_000,
     );
-    let confirm_timeout_ms = positive(
+    let confirm_timeout_ms = problems.positive(
         "delivery.confirm_timeout_ms",
         raw.delivery.confirm_timeout_ms,
         DEFAULT_CONFIRM_TIMEOUT_MS,
         600_000,
     );
-    let retry_after_secs = positive(
+    let retry_after_secs = problems.positive(
         "delivery.retry_after_secs",
         raw.delivery.retry_after_secs,
         DEFAULT_RETRY_AFTER_SECS,
@@ -594,7 +556,7 @@ fn validate(
     );
 
     if confirm_timeout_ms >= request_timeout_ms {
-        problem(
+        problems.report(
             "delivery.confirm_timeout_ms",
             format!(
                 "{confirm_timeout_ms} must be below server.request_timeout_ms ({request_timeout_ms})"
@@ -602,24 +564,24 @@ fn validate(
         );
     }
     if raw.store.path.as_os_str().is_empty() {
-        problem("store.path", "must not be empty".to_owned());
+        problems.report("store.path", "must not be empty".to_owned());
     }
 
     let url = match (raw.amqp.url, &raw.amqp.url_env) {
         (Some(url), None) => url,
         (None, Some(var)) => env(var).unwrap_or_else(|| {
-            problem(
+            problems.report(
                 "amqp.url_env",
                 format!("environment variable {var} is not set"),
             );
             "amqp://unset".to_owned()
         }),
         (Some(_), Some(_)) => {
-            problem("amqp.url", "set either url or url_env, not both".to_owned());
+            problems.report("amqp.url", "set either url or url_env, not both".to_owned());
             String::new()
         }
         (None, None) => {
-            problem(
+            problems.report(
                 "amqp.url",
                 "set url, or url_env to read it from the environment".to_owned(),
             );
@@ -627,13 +589,13 @@ fn validate(
         }
     };
     if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-        problem(
+        problems.report(
             "amqp.url",
             "must start with amqp:// or amqps:// (value not shown)".to_owned(),
         );
     }
     if raw.amqp.client_cert_path.is_some() != raw.amqp.client_key_path.is_some() {
-        problem(
+        problems.report(
             "amqp.client_cert_path",
             "set client_cert_path and client_key_path together".to_owned(),
         );
@@ -644,18 +606,18 @@ fn validate(
         .as_ref()
         .is_some_and(|q| q.is_empty() || q.len() > AMQP_SHORT_STRING || q.starts_with("amq."))
     {
-        problem(
+        problems.report(
             "amqp.declare_queue",
             format!("must be 1..={AMQP_SHORT_STRING} bytes, not starting with amq."),
         );
     }
     if raw.amqp.exchange.is_empty() || raw.amqp.exchange.len() > AMQP_SHORT_STRING {
-        problem(
+        problems.report(
             "amqp.exchange",
             format!("must be 1..={AMQP_SHORT_STRING} bytes"),
         );
     } else if raw.amqp.exchange.starts_with("amq.") {
-        problem(
+        problems.report(
             "amqp.exchange",
             "names starting with amq. are reserved by RabbitMQ".to_owned(),
         );
@@ -667,20 +629,20 @@ fn validate(
             .unwrap_or(DEFAULT_ROUTING_KEY),
     )
     .unwrap_or_else(|why| {
-        problem("amqp.routing_key", why);
+        problems.report("amqp.routing_key", why);
         RoutingKeyTemplate(Vec::new())
     });
 
     let level = raw.log.level.unwrap_or_else(|| "info".to_owned());
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-        problem(
+        problems.report(
             "log.level",
             format!("{level:?} is not a tracing filter such as \"info\""),
         );
     }
 
     if raw.endpoint.is_empty() {
-        problem(
+        problems.report(
             "endpoint",
             "at least one [[endpoint]] is required".to_owned(),
         );
@@ -691,18 +653,18 @@ fn validate(
     for (i, e) in raw.endpoint.into_iter().enumerate() {
         let key = |field: &str| format!("endpoint[{i}].{field}");
         if !valid_name(&e.name) {
-            problem(
+            problems.report(
                 &key("name"),
                 format!("{:?} must be 1-64 of [A-Za-z0-9_-]", e.name),
             );
         } else if !names.insert(e.name.clone()) {
-            problem(&key("name"), format!("{:?} is used twice", e.name));
+            problems.report(&key("name"), format!("{:?} is used twice", e.name));
         }
         if !e.path.starts_with('/')
             || e.path.contains(['?', '#'])
             || e.path.chars().any(char::is_whitespace)
         {
-            problem(
+            problems.report(
                 &key("path"),
                 format!(
                     "{:?} must start with / and have no query, fragment or spaces",
@@ -710,18 +672,18 @@ fn validate(
                 ),
             );
         } else if !paths.insert(e.path.clone()) {
-            problem(&key("path"), format!("{:?} is used twice", e.path));
+            problems.report(&key("path"), format!("{:?} is used twice", e.path));
         }
         if !valid_name(&e.environment) {
-            problem(
+            problems.report(
                 &key("environment"),
                 format!("{:?} must be 1-64 of [A-Za-z0-9_-]", e.environment),
             );
         }
-        let secrets = endpoint_secrets(&e, env, &key, &mut problem);
+        let secrets = endpoint_secrets(&e, env, &key, &mut |k, w| problems.report(k, w));
         let tolerance = e.tolerance_secs.unwrap_or(DEFAULT_TOLERANCE_SECS);
         if tolerance == 0 || tolerance > 86_400 {
-            problem(
+            problems.report(
                 &key("tolerance_secs"),
                 format!("{tolerance} is out of range 1..=86400"),
             );
@@ -743,7 +705,7 @@ fn validate(
             .find(|other| other.environment == e.environment);
         if let Some(other) = same_env {
             if secret_set(other) != secret_set(e) {
-                problem(
+                problems.report(
                     &format!("endpoint[{i}].secrets"),
                     format!(
                         "endpoints {:?} and {:?} share environment {:?} with different secrets; \
@@ -755,7 +717,7 @@ fn validate(
         }
     }
     if max_body_bytes_in_flight < max_body_bytes {
-        problem(
+        problems.report(
             "server.max_body_bytes_in_flight",
             format!(
                 "{max_body_bytes_in_flight} is below server.max_body_bytes ({max_body_bytes}): no body of the largest allowed size could be read"
@@ -817,35 +779,6 @@ fn validate(
         },
         endpoints,
     }
-}
-
-/// `"7d"`, `"12h"`, `"30m"`, `"90s"`, or `"forever"` (`None`).
-fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
-    if text == "forever" {
-        return Ok(None);
-    }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| {
-        format!("{text:?} is not a duration like \"7d\", \"12h\", \"30m\" or \"forever\"")
-    })?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3_600,
-        "d" => n * 86_400,
-        _ => {
-            return Err(format!(
-                "{text:?} has no unit; use s, m, h or d, or \"forever\""
-            ));
-        }
-    };
-    if secs == 0 {
-        return Err(format!("{text:?} must be above zero"));
-    }
-    Ok(Some(Duration::from_secs(secs)))
 }
 
 fn valid_name(s: &str) -> bool {
@@ -986,7 +919,7 @@ mod tests {
 
     #[test]
     fn example_config_is_valid() {
-        let text = include_str!("../config.toml.example");
+        let text = include_str!("../../config.toml.example");
         Config::parse(text, &no_env).expect("config.toml.example must stay valid");
     }
 
@@ -1062,19 +995,6 @@ mod tests {
         );
         let err = Config::parse(&text, &no_env).expect_err("syntax");
         assert!(!err.to_string().contains("whsec_live"), "{err}");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(
-            parse_duration("7d"),
-            Ok(Some(Duration::from_secs(7 * 86_400)))
-        );
-        assert_eq!(parse_duration("90s"), Ok(Some(Duration::from_secs(90))));
-        assert_eq!(parse_duration("forever"), Ok(None));
-        assert!(parse_duration("7").is_err());
-        assert!(parse_duration("0h").is_err());
-        assert!(parse_duration("1w").is_err());
     }
 
     #[test]
