@@ -7,17 +7,29 @@
 //! error or `Debug` output contains a secret value or the broker password.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+mod admin;
+mod delivery;
 mod duration;
+mod log;
 mod problems;
 mod secret;
+mod server;
+mod store;
+#[cfg(test)]
+mod testing;
 
-use duration::parse_duration;
+pub use admin::AdminConfig;
+pub use delivery::{AckMode, DeliveryConfig};
+pub use log::{LogConfig, LogFormat};
+pub use server::ServerConfig;
+pub use store::{DEFAULT_CACHE_CAPACITY_BYTES, StoreConfig};
+
 pub use problems::ConfigError;
 use problems::Problems;
 pub use secret::Secret;
@@ -52,72 +64,23 @@ impl std::fmt::Debug for AmqpUrl {
     }
 }
 
-/// When a webhook gets its 2xx.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AckMode {
-    /// After RabbitMQ confirmed the event (and it is flushed to disk).
-    Confirmed,
-    /// After the event is flushed to disk; publishing follows.
-    Durable,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Json,
-    Pretty,
-}
-
 // ---------------------------------------------------------------------------------------------
 // The file as written.
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    server: RawServer,
-    store: RawStore,
+    server: server::RawServer,
+    store: store::RawStore,
     amqp: RawAmqp,
     #[serde(default)]
-    delivery: RawDelivery,
+    delivery: delivery::RawDelivery,
     #[serde(default)]
-    log: RawLog,
+    log: log::RawLog,
     #[serde(default)]
-    admin: RawAdmin,
+    admin: admin::RawAdmin,
     #[serde(default)]
     endpoint: Vec<RawEndpoint>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: String,
-    max_body_bytes: Option<u64>,
-    header_read_timeout_ms: Option<u64>,
-    request_timeout_ms: Option<u64>,
-    max_connections: Option<u64>,
-    max_body_bytes_in_flight: Option<u64>,
-    shutdown_grace_ms: Option<u64>,
-    tls: Option<RawTls>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    cert_path: PathBuf,
-    key_path: PathBuf,
-    client_ca_path: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    path: PathBuf,
-    max_outbox_events: Option<u64>,
-    max_outbox_bytes: Option<u64>,
-    retain_bodies: Option<String>,
-    retain_events: Option<String>,
-    cache_capacity_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -142,28 +105,6 @@ impl std::fmt::Debug for RawAmqp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RawAmqp").finish_non_exhaustive()
     }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDelivery {
-    ack: Option<AckMode>,
-    confirm_timeout_ms: Option<u64>,
-    retry_after_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    listen: Option<String>,
-    token_env: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLog {
-    format: Option<LogFormat>,
-    level: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -193,40 +134,6 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone)]
-pub struct AdminConfig {
-    /// Health, readiness, metrics, inspection and replay; loopback by default.
-    pub listen: SocketAddr,
-    /// Bearer token for the admin API; required when `listen` is not loopback.
-    pub token: Option<Secret>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    pub max_body_bytes: usize,
-    pub header_read_timeout: Duration,
-    pub request_timeout: Duration,
-    pub max_connections: usize,
-    /// Body bytes all requests together may hold while being read and handled.
-    pub max_body_bytes_in_flight: usize,
-    pub shutdown_grace: Duration,
-    pub tls: Option<crate::tls::TlsSettings>,
-}
-
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub path: PathBuf,
-    pub max_outbox_events: u64,
-    pub max_outbox_bytes: u64,
-    /// Published bodies are kept this long so they can be replayed.
-    pub retain_bodies: Duration,
-    /// Dedupe records are kept this long; `None` (the default) keeps them forever.
-    pub retain_events: Option<Duration>,
-    /// sled's page cache. Its own default is 1 GiB, twice the shipped pod limit.
-    pub cache_capacity_bytes: u64,
-}
-
-#[derive(Debug, Clone)]
 pub struct AmqpConfig {
     pub url: AmqpUrl,
     /// For `amqps://`: extra CA certificates (PEM) and an optional client certificate and key.
@@ -245,19 +152,6 @@ pub struct AmqpConfig {
     pub reconnect_max_backoff: Duration,
     /// Refusals (nack, return) or isolated failed publishes after which an event is parked.
     pub park_after_attempts: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct DeliveryConfig {
-    pub ack: AckMode,
-    pub confirm_timeout: Duration,
-    pub retry_after_secs: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    pub level: String,
 }
 
 #[derive(Debug, Clone)]
@@ -329,29 +223,6 @@ impl RoutingKeyTemplate {
 }
 
 // Defaults, each with its reason.
-/// 0Gate publishes no size limit; 1 MiB is far above any envelope seen and bounds memory.
-const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
-/// Chunked bodies keep every sled value small, but a body is still held in memory whole.
-const MAX_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
-/// A sender that has not finished its headers in 10 s is not 0Gate.
-const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
-/// 0Gate gives up after about 10 s; answering later is useless.
-const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 9_000;
-const DEFAULT_MAX_CONNECTIONS: u64 = 1_024;
-/// Body bytes held at once by all requests (reserved before reading, by Content-Length or chunk
-/// by chunk): 64 MiB leaves most of a 512 MiB pod to sled's cache and everything else, where
-/// max_connections × max_body_bytes (1 GiB by default) would not.
-const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: u64 = 64 * 1024 * 1024;
-const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
-/// About an hour of traffic at 30 events/s; past it 0Gate retries and we shed load.
-const DEFAULT_MAX_OUTBOX_EVENTS: u64 = 100_000;
-const DEFAULT_MAX_OUTBOX_BYTES: u64 = 1024 * 1024 * 1024;
-/// sled's page cache: recent records and the outbox head stay in memory, and it leaves room for
-/// bodies in flight within the shipped 512 MiB pod limit (README, "Memory").
-pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
-/// Long enough for a consumer fix over a long weekend; bounded so disk use is bounded too.
-const DEFAULT_RETAIN_BODIES: &str = "7d";
-const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const DEFAULT_ROUTING_KEY: &str = "{environment}.{type}";
 /// Enough to keep a broker's confirm pipeline full across a loopback or LAN round trip.
 const DEFAULT_MAX_IN_FLIGHT: u64 = 256;
@@ -363,9 +234,6 @@ const DEFAULT_RECONNECT_MAX_BACKOFF_MS: u64 = 30_000;
 /// twenty attempts span about six minutes: a full queue or a missing binding fixed within
 /// that is delivered without an operator; past it, the event stops holding up the others.
 const DEFAULT_PARK_AFTER_ATTEMPTS: u64 = 20;
-/// Below 0Gate's 10 s wait, so a late confirm becomes our 503 rather than its timeout.
-const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 5_000;
-const DEFAULT_RETRY_AFTER_SECS: u64 = 5;
 const DEFAULT_TOLERANCE_SECS: u64 = 300;
 /// AMQP short strings (exchange names, routing keys) are at most 255 bytes.
 pub const AMQP_SHORT_STRING: usize = 255;
@@ -378,7 +246,7 @@ impl Config {
         })?;
         let mut problems = Problems::default();
         let config = validate(raw, env, &mut problems);
-        problems.finish(Some(config))
+        problems.finish(config)
     }
 }
 
@@ -396,122 +264,11 @@ fn validate(
     raw: RawConfig,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Problems,
-) -> Config {
-    let listen = raw.server.listen.parse().unwrap_or_else(|_| {
-        problems.report(
-            "server.listen",
-            format!(
-                "{:?} is not an address like 127.0.0.1:8080",
-                raw.server.listen
-            ),
-        );
-        SocketAddr::from(([127, 0, 0, 1], 0))
-    });
-    let admin_listen = raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
-    let admin_listen: SocketAddr = admin_listen.parse().unwrap_or_else(|_| {
-        problems.report(
-            "admin.listen",
-            format!("{admin_listen:?} is not an address like 127.0.0.1:9090"),
-        );
-        SocketAddr::from(([127, 0, 0, 1], 0))
-    });
-    let admin_token = match &raw.admin.token_env {
-        None => None,
-        Some(var) => match env(var) {
-            Some(token) if token.len() >= 16 => Some(Secret::new(token)),
-            Some(_) => {
-                problems.report(
-                    "admin.token_env",
-                    format!("the token in {var} is shorter than 16 characters"),
-                );
-                None
-            }
-            None => {
-                problems.report(
-                    "admin.token_env",
-                    format!("environment variable {var} is not set"),
-                );
-                None
-            }
-        },
-    };
-    if raw.admin.token_env.is_none() && !admin_listen.ip().is_loopback() {
-        problems.report(
-            "admin.token_env",
-            "the admin listener is not on loopback: set token_env".to_owned(),
-        );
-    }
-    let retain_bodies = parse_duration(
-        raw.store
-            .retain_bodies
-            .as_deref()
-            .unwrap_or(DEFAULT_RETAIN_BODIES),
-    )
-    .unwrap_or_else(|why| {
-        problems.report("store.retain_bodies", why);
-        None
-    })
-    .unwrap_or(Duration::MAX);
-    let retain_events = parse_duration(raw.store.retain_events.as_deref().unwrap_or("forever"))
-        .unwrap_or_else(|why| {
-            problems.report("store.retain_events", why);
-            None
-        });
-    let max_body_bytes = problems.positive(
-        "server.max_body_bytes",
-        raw.server.max_body_bytes,
-        DEFAULT_MAX_BODY_BYTES,
-        MAX_MAX_BODY_BYTES,
-    );
-    let header_read_timeout_ms = problems.positive(
-        "server.header_read_timeout_ms",
-        raw.server.header_read_timeout_ms,
-        DEFAULT_HEADER_READ_TIMEOUT_MS,
-        600_000,
-    );
-    let request_timeout_ms = problems.positive(
-        "server.request_timeout_ms",
-        raw.server.request_timeout_ms,
-        DEFAULT_REQUEST_TIMEOUT_MS,
-        600_000,
-    );
-    let max_connections = problems.positive(
-        "server.max_connections",
-        raw.server.max_connections,
-        DEFAULT_MAX_CONNECTIONS,
-        1_000_000,
-    );
-    // Reserved through a semaphore whose requests count in u32.
-    let max_body_bytes_in_flight = problems.positive(
-        "server.max_body_bytes_in_flight",
-        raw.server.max_body_bytes_in_flight,
-        DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
-        u64::from(u32::MAX),
-    );
-    let shutdown_grace_ms = problems.positive(
-        "server.shutdown_grace_ms",
-        raw.server.shutdown_grace_ms,
-        DEFAULT_SHUTDOWN_GRACE_MS,
-        600_000,
-    );
-    let max_outbox_events = problems.positive(
-        "store.max_outbox_events",
-        raw.store.max_outbox_events,
-        DEFAULT_MAX_OUTBOX_EVENTS,
-        u64::MAX,
-    );
-    let max_outbox_bytes = problems.positive(
-        "store.max_outbox_bytes",
-        raw.store.max_outbox_bytes,
-        DEFAULT_MAX_OUTBOX_BYTES,
-        u64::MAX,
-    );
-    let cache_capacity_bytes = problems.positive(
-        "store.cache_capacity_bytes",
-        raw.store.cache_capacity_bytes,
-        DEFAULT_CACHE_CAPACITY_BYTES,
-        u64::MAX,
-    );
+) -> Option<Config> {
+    let request_timeout_ms = raw.server.request_timeout_ms();
+    let server = raw.server.validate(problems);
+    let admin = raw.admin.validate(env, problems);
+    let store = raw.store.validate(problems);
     let max_in_flight = problems.positive(
         "amqp.max_in_flight",
         raw.amqp.max_in_flight,
@@ -542,31 +299,6 @@ fn validate(
         DEFAULT_PARK_AFTER_ATTEMPTS,
         1_000_000,
     );
-    let confirm_timeout_ms = problems.positive(
-        "delivery.confirm_timeout_ms",
-        raw.delivery.confirm_timeout_ms,
-        DEFAULT_CONFIRM_TIMEOUT_MS,
-        600_000,
-    );
-    let retry_after_secs = problems.positive(
-        "delivery.retry_after_secs",
-        raw.delivery.retry_after_secs,
-        DEFAULT_RETRY_AFTER_SECS,
-        3_600,
-    );
-
-    if confirm_timeout_ms >= request_timeout_ms {
-        problems.report(
-            "delivery.confirm_timeout_ms",
-            format!(
-                "{confirm_timeout_ms} must be below server.request_timeout_ms ({request_timeout_ms})"
-            ),
-        );
-    }
-    if raw.store.path.as_os_str().is_empty() {
-        problems.report("store.path", "must not be empty".to_owned());
-    }
-
     let url = match (raw.amqp.url, &raw.amqp.url_env) {
         (Some(url), None) => url,
         (None, Some(var)) => env(var).unwrap_or_else(|| {
@@ -632,14 +364,6 @@ fn validate(
         problems.report("amqp.routing_key", why);
         RoutingKeyTemplate(Vec::new())
     });
-
-    let level = raw.log.level.unwrap_or_else(|| "info".to_owned());
-    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-        problems.report(
-            "log.level",
-            format!("{level:?} is not a tracing filter such as \"info\""),
-        );
-    }
 
     if raw.endpoint.is_empty() {
         problems.report(
@@ -716,40 +440,13 @@ fn validate(
             }
         }
     }
-    if max_body_bytes_in_flight < max_body_bytes {
-        problems.report(
-            "server.max_body_bytes_in_flight",
-            format!(
-                "{max_body_bytes_in_flight} is below server.max_body_bytes ({max_body_bytes}): no body of the largest allowed size could be read"
-            ),
-        );
-    }
+    let delivery = raw.delivery.validate(request_timeout_ms, problems);
+    let log = raw.log.validate(problems);
 
     let ms = Duration::from_millis;
-    Config {
-        server: ServerConfig {
-            listen,
-            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
-            header_read_timeout: ms(header_read_timeout_ms),
-            request_timeout: ms(request_timeout_ms),
-            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
-            max_body_bytes_in_flight: usize::try_from(max_body_bytes_in_flight)
-                .unwrap_or(usize::MAX),
-            shutdown_grace: ms(shutdown_grace_ms),
-            tls: raw.server.tls.map(|t| crate::tls::TlsSettings {
-                cert_path: t.cert_path,
-                key_path: t.key_path,
-                client_ca_path: t.client_ca_path,
-            }),
-        },
-        store: StoreConfig {
-            path: raw.store.path,
-            max_outbox_events,
-            max_outbox_bytes,
-            retain_bodies,
-            retain_events,
-            cache_capacity_bytes,
-        },
+    let config = Config {
+        server: server?,
+        store: store?,
         amqp: AmqpConfig {
             url: AmqpUrl(url),
             ca_path: raw.amqp.ca_path,
@@ -764,21 +461,12 @@ fn validate(
             reconnect_max_backoff: ms(reconnect_max_backoff_ms),
             park_after_attempts: u32::try_from(park_after_attempts).unwrap_or(u32::MAX),
         },
-        delivery: DeliveryConfig {
-            ack: raw.delivery.ack.unwrap_or(AckMode::Confirmed),
-            confirm_timeout: ms(confirm_timeout_ms),
-            retry_after_secs,
-        },
-        log: LogConfig {
-            format: raw.log.format.unwrap_or(LogFormat::Json),
-            level,
-        },
-        admin: AdminConfig {
-            listen: admin_listen,
-            token: admin_token,
-        },
+        delivery,
+        log,
+        admin: admin?,
         endpoints,
-    }
+    };
+    Some(config)
 }
 
 fn valid_name(s: &str) -> bool {
@@ -865,26 +553,8 @@ fn secret_set(endpoint: &Endpoint) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{MINIMAL, no_env};
     use super::*;
-
-    const MINIMAL: &str = r#"
-        [server]
-        listen = "127.0.0.1:8080"
-        [store]
-        path = "./data"
-        [amqp]
-        url = "amqp://guest:guest@127.0.0.1:5672/%2f"
-        exchange = "gate.events"
-        [[endpoint]]
-        name = "live"
-        path = "/webhooks/0gate/live"
-        environment = "live"
-        secrets = ["whsec_live_0123456789abcdef"]
-    "#;
-
-    fn no_env(_: &str) -> Option<String> {
-        None
-    }
 
     #[test]
     fn minimal_config_gets_defaults() {
@@ -995,17 +665,6 @@ mod tests {
         );
         let err = Config::parse(&text, &no_env).expect_err("syntax");
         assert!(!err.to_string().contains("whsec_live"), "{err}");
-    }
-
-    #[test]
-    fn admin_beyond_loopback_needs_a_token() {
-        let text = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9090\"\n");
-        let err = Config::parse(&text, &no_env).expect_err("no token");
-        assert!(err.to_string().contains("admin.token_env"), "{err}");
-        let text = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9090\"\ntoken_env = \"T\"\n");
-        let env = |_: &str| Some("a-long-enough-admin-token".to_owned());
-        let c = Config::parse(&text, &env).expect("valid");
-        assert!(c.admin.token.is_some());
     }
 
     #[test]

@@ -22,6 +22,11 @@ impl Problems {
         self.0.push(format!("{key}: {what}"));
     }
 
+    /// The value of `result`, or `None` with its error reported under `key`.
+    pub(super) fn check<T>(&mut self, key: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|why| self.report(key, why)).ok()
+    }
+
     /// `value` (or `default` when unset), reported unless it is in `1..=max`. An out-of-range
     /// value is still returned: checks that compare it with another key report against it too.
     pub(super) fn positive(

@@ -1,0 +1,136 @@
+//! `[server]` and `[server.tls]`: the webhook listener and its bounds.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::problems::Problems;
+
+/// 0Gate publishes no size limit; 1 MiB is far above any envelope seen and bounds memory.
+const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// Chunked bodies keep every sled value small, but a body is still held in memory whole.
+const MAX_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+/// A sender that has not finished its headers in 10 s is not 0Gate.
+const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// 0Gate gives up after about 10 s; answering later is useless.
+const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 9_000;
+const DEFAULT_MAX_CONNECTIONS: u64 = 1_024;
+/// Body bytes held at once by all requests (reserved before reading, by Content-Length or chunk
+/// by chunk): 64 MiB leaves most of a 512 MiB pod to sled's cache and everything else, where
+/// max_connections × max_body_bytes (1 GiB by default) would not.
+const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: u64 = 64 * 1024 * 1024;
+const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    listen: String,
+    max_body_bytes: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    max_connections: Option<u64>,
+    max_body_bytes_in_flight: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    client_ca_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    /// Body bytes all requests together may hold while being read and handled.
+    pub max_body_bytes_in_flight: usize,
+    pub shutdown_grace: Duration,
+    pub tls: Option<crate::tls::TlsSettings>,
+}
+
+impl RawServer {
+    /// `request_timeout_ms` as configured or defaulted, for the checks of other sections.
+    pub(super) fn request_timeout_ms(&self) -> u64 {
+        self.request_timeout_ms
+            .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS)
+    }
+
+    pub(super) fn validate(self, problems: &mut Problems) -> Option<ServerConfig> {
+        let listen = problems.check(
+            "server.listen",
+            self.listen
+                .parse()
+                .map_err(|_| format!("{:?} is not an address like 127.0.0.1:8080", self.listen)),
+        );
+        let max_body_bytes = problems.positive(
+            "server.max_body_bytes",
+            self.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES,
+            MAX_MAX_BODY_BYTES,
+        );
+        let header_read_timeout_ms = problems.positive(
+            "server.header_read_timeout_ms",
+            self.header_read_timeout_ms,
+            DEFAULT_HEADER_READ_TIMEOUT_MS,
+            600_000,
+        );
+        let request_timeout_ms = problems.positive(
+            "server.request_timeout_ms",
+            self.request_timeout_ms,
+            DEFAULT_REQUEST_TIMEOUT_MS,
+            600_000,
+        );
+        let max_connections = problems.positive(
+            "server.max_connections",
+            self.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+            1_000_000,
+        );
+        // Reserved through a semaphore whose requests count in u32.
+        let max_body_bytes_in_flight = problems.positive(
+            "server.max_body_bytes_in_flight",
+            self.max_body_bytes_in_flight,
+            DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+            u64::from(u32::MAX),
+        );
+        let shutdown_grace_ms = problems.positive(
+            "server.shutdown_grace_ms",
+            self.shutdown_grace_ms,
+            DEFAULT_SHUTDOWN_GRACE_MS,
+            600_000,
+        );
+        if max_body_bytes_in_flight < max_body_bytes {
+            problems.report(
+                "server.max_body_bytes_in_flight",
+                format!(
+                    "{max_body_bytes_in_flight} is below server.max_body_bytes ({max_body_bytes}): no body of the largest allowed size could be read"
+                ),
+            );
+        }
+        let ms = Duration::from_millis;
+        Some(ServerConfig {
+            listen: listen?,
+            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            header_read_timeout: ms(header_read_timeout_ms),
+            request_timeout: ms(request_timeout_ms),
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            max_body_bytes_in_flight: usize::try_from(max_body_bytes_in_flight)
+                .unwrap_or(usize::MAX),
+            shutdown_grace: ms(shutdown_grace_ms),
+            tls: self.tls.map(|t| crate::tls::TlsSettings {
+                cert_path: t.cert_path,
+                key_path: t.key_path,
+                client_ca_path: t.client_ca_path,
+            }),
+        })
+    }
+}
