@@ -9,15 +9,16 @@
 use std::collections::HashSet;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 
 mod admin;
+mod amqp;
 mod delivery;
 mod duration;
 mod log;
 mod problems;
+mod routing_key;
 mod secret;
 mod server;
 mod store;
@@ -25,6 +26,7 @@ mod store;
 mod testing;
 
 pub use admin::AdminConfig;
+pub use amqp::{AMQP_SHORT_STRING, AmqpConfig, AmqpUrl};
 pub use delivery::{AckMode, DeliveryConfig};
 pub use log::{LogConfig, LogFormat};
 pub use server::ServerConfig;
@@ -32,37 +34,8 @@ pub use store::{DEFAULT_CACHE_CAPACITY_BYTES, StoreConfig};
 
 pub use problems::ConfigError;
 use problems::Problems;
+pub use routing_key::RoutingKeyTemplate;
 pub use secret::Secret;
-
-/// An AMQP URL; `Debug`/`Display` hide the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AmqpUrl(String);
-
-impl AmqpUrl {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL with any password replaced, for logs.
-    pub fn redacted(&self) -> String {
-        let Some((scheme, rest)) = self.0.split_once("://") else {
-            return "<unparsable amqp url>".to_owned();
-        };
-        // The authority ends at the first '/'; its userinfo at the last '@' (a password may hold '@').
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let Some((userinfo, host)) = authority.rsplit_once('@') else {
-            return self.0.clone();
-        };
-        let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-        format!("{scheme}://{user}:***@{host}{path}")
-    }
-}
-
-impl std::fmt::Debug for AmqpUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AmqpUrl({})", self.redacted())
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The file as written.
@@ -72,7 +45,7 @@ impl std::fmt::Debug for AmqpUrl {
 struct RawConfig {
     server: server::RawServer,
     store: store::RawStore,
-    amqp: RawAmqp,
+    amqp: amqp::RawAmqp,
     #[serde(default)]
     delivery: delivery::RawDelivery,
     #[serde(default)]
@@ -81,30 +54,6 @@ struct RawConfig {
     admin: admin::RawAdmin,
     #[serde(default)]
     endpoint: Vec<RawEndpoint>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAmqp {
-    url: Option<String>,
-    url_env: Option<String>,
-    ca_path: Option<PathBuf>,
-    client_cert_path: Option<PathBuf>,
-    client_key_path: Option<PathBuf>,
-    exchange: String,
-    routing_key: Option<String>,
-    declare_queue: Option<String>,
-    max_in_flight: Option<u64>,
-    connect_timeout_ms: Option<u64>,
-    publish_confirm_timeout_ms: Option<u64>,
-    reconnect_max_backoff_ms: Option<u64>,
-    park_after_attempts: Option<u64>,
-}
-
-impl std::fmt::Debug for RawAmqp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawAmqp").finish_non_exhaustive()
-    }
 }
 
 #[derive(Deserialize)]
@@ -134,27 +83,6 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone)]
-pub struct AmqpConfig {
-    pub url: AmqpUrl,
-    /// For `amqps://`: extra CA certificates (PEM) and an optional client certificate and key.
-    pub ca_path: Option<PathBuf>,
-    pub client_cert_path: Option<PathBuf>,
-    pub client_key_path: Option<PathBuf>,
-    pub exchange: String,
-    pub routing_key: RoutingKeyTemplate,
-    /// For development and quick starts: a durable queue the relay declares and binds to every
-    /// routing key (`#`), so events have somewhere to go. Production topologies declare their own.
-    pub declare_queue: Option<String>,
-    pub max_in_flight: usize,
-    pub connect_timeout: Duration,
-    /// How long the publisher waits for one confirm before treating the channel as broken.
-    pub publish_confirm_timeout: Duration,
-    pub reconnect_max_backoff: Duration,
-    /// Refusals (nack, return) or isolated failed publishes after which an event is parked.
-    pub park_after_attempts: u32,
-}
-
-#[derive(Debug, Clone)]
 pub struct Endpoint {
     pub name: String,
     pub path: String,
@@ -163,81 +91,8 @@ pub struct Endpoint {
     pub tolerance_secs: u32,
 }
 
-/// One segment of a routing-key template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    Environment,
-    Type,
-    Endpoint,
-}
-
-/// `{environment}.{type}` and friends, parsed once at start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoutingKeyTemplate(Vec<Segment>);
-
-impl RoutingKeyTemplate {
-    pub fn parse(template: &str) -> Result<Self, String> {
-        let mut segments = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                segments.push(Segment::Literal(rest[..open].to_owned()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| "unclosed '{'".to_owned())?;
-            let name = &rest[open + 1..open + close];
-            segments.push(match name {
-                "environment" => Segment::Environment,
-                "type" => Segment::Type,
-                "endpoint" => Segment::Endpoint,
-                other => {
-                    return Err(format!(
-                        "unknown placeholder {{{other}}}; use {{environment}}, {{type}} or {{endpoint}}"
-                    ));
-                }
-            });
-            rest = &rest[open + close + 1..];
-        }
-        if rest.contains('}') {
-            return Err("unmatched '}'".to_owned());
-        }
-        if !rest.is_empty() {
-            segments.push(Segment::Literal(rest.to_owned()));
-        }
-        Ok(Self(segments))
-    }
-
-    pub fn render(&self, environment: &str, event_type: &str, endpoint: &str) -> String {
-        self.0
-            .iter()
-            .map(|segment| match segment {
-                Segment::Literal(s) => s.as_str(),
-                Segment::Environment => environment,
-                Segment::Type => event_type,
-                Segment::Endpoint => endpoint,
-            })
-            .collect()
-    }
-}
-
 // Defaults, each with its reason.
-const DEFAULT_ROUTING_KEY: &str = "{environment}.{type}";
-/// Enough to keep a broker's confirm pipeline full across a loopback or LAN round trip.
-const DEFAULT_MAX_IN_FLIGHT: u64 = 256;
-const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
-/// A confirm this late means a blocked or broken broker; the connection is replaced.
-const DEFAULT_PUBLISH_CONFIRM_TIMEOUT_MS: u64 = 15_000;
-const DEFAULT_RECONNECT_MAX_BACKOFF_MS: u64 = 30_000;
-/// With the refusal backoff (100 ms doubling to `reconnect_max_backoff_ms`, 30 s by default)
-/// twenty attempts span about six minutes: a full queue or a missing binding fixed within
-/// that is delivered without an operator; past it, the event stops holding up the others.
-const DEFAULT_PARK_AFTER_ATTEMPTS: u64 = 20;
 const DEFAULT_TOLERANCE_SECS: u64 = 300;
-/// AMQP short strings (exchange names, routing keys) are at most 255 bytes.
-pub const AMQP_SHORT_STRING: usize = 255;
-
 impl Config {
     /// Parses and validates `text`; `env` looks up environment variables (for `secrets_env`).
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
@@ -269,102 +124,7 @@ fn validate(
     let server = raw.server.validate(problems);
     let admin = raw.admin.validate(env, problems);
     let store = raw.store.validate(problems);
-    let max_in_flight = problems.positive(
-        "amqp.max_in_flight",
-        raw.amqp.max_in_flight,
-        DEFAULT_MAX_IN_FLIGHT,
-        65_535,
-    );
-    let connect_timeout_ms = problems.positive(
-        "amqp.connect_timeout_ms",
-        raw.amqp.connect_timeout_ms,
-        DEFAULT_CONNECT_TIMEOUT_MS,
-        600_000,
-    );
-    let publish_confirm_timeout_ms = problems.positive(
-        "amqp.publish_confirm_timeout_ms",
-        raw.amqp.publish_confirm_timeout_ms,
-        DEFAULT_PUBLISH_CONFIRM_TIMEOUT_MS,
-        600_000,
-    );
-    let reconnect_max_backoff_ms = problems.positive(
-        "amqp.reconnect_max_backoff_ms",
-        raw.amqp.reconnect_max_backoff_ms,
-        DEFAULT_RECONNECT_MAX_BACKOFF_MS,
-        3_600_000,
-    );
-    let park_after_attempts = problems.positive(
-        "amqp.park_after_attempts",
-        raw.amqp.park_after_attempts,
-        DEFAULT_PARK_AFTER_ATTEMPTS,
-        1_000_000,
-    );
-    let url = match (raw.amqp.url, &raw.amqp.url_env) {
-        (Some(url), None) => url,
-        (None, Some(var)) => env(var).unwrap_or_else(|| {
-            problems.report(
-                "amqp.url_env",
-                format!("environment variable {var} is not set"),
-            );
-            "amqp://unset".to_owned()
-        }),
-        (Some(_), Some(_)) => {
-            problems.report("amqp.url", "set either url or url_env, not both".to_owned());
-            String::new()
-        }
-        (None, None) => {
-            problems.report(
-                "amqp.url",
-                "set url, or url_env to read it from the environment".to_owned(),
-            );
-            "amqp://unset".to_owned()
-        }
-    };
-    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-        problems.report(
-            "amqp.url",
-            "must start with amqp:// or amqps:// (value not shown)".to_owned(),
-        );
-    }
-    if raw.amqp.client_cert_path.is_some() != raw.amqp.client_key_path.is_some() {
-        problems.report(
-            "amqp.client_cert_path",
-            "set client_cert_path and client_key_path together".to_owned(),
-        );
-    }
-    if raw
-        .amqp
-        .declare_queue
-        .as_ref()
-        .is_some_and(|q| q.is_empty() || q.len() > AMQP_SHORT_STRING || q.starts_with("amq."))
-    {
-        problems.report(
-            "amqp.declare_queue",
-            format!("must be 1..={AMQP_SHORT_STRING} bytes, not starting with amq."),
-        );
-    }
-    if raw.amqp.exchange.is_empty() || raw.amqp.exchange.len() > AMQP_SHORT_STRING {
-        problems.report(
-            "amqp.exchange",
-            format!("must be 1..={AMQP_SHORT_STRING} bytes"),
-        );
-    } else if raw.amqp.exchange.starts_with("amq.") {
-        problems.report(
-            "amqp.exchange",
-            "names starting with amq. are reserved by RabbitMQ".to_owned(),
-        );
-    }
-    let routing_key = RoutingKeyTemplate::parse(
-        raw.amqp
-            .routing_key
-            .as_deref()
-            .unwrap_or(DEFAULT_ROUTING_KEY),
-    )
-    .unwrap_or_else(|why| {
-        problems.report("amqp.routing_key", why);
-        RoutingKeyTemplate(Vec::new())
-    });
-
+    let amqp = raw.amqp.validate(env, problems);
     if raw.endpoint.is_empty() {
         problems.report(
             "endpoint",
@@ -443,24 +203,10 @@ fn validate(
     let delivery = raw.delivery.validate(request_timeout_ms, problems);
     let log = raw.log.validate(problems);
 
-    let ms = Duration::from_millis;
     let config = Config {
         server: server?,
         store: store?,
-        amqp: AmqpConfig {
-            url: AmqpUrl(url),
-            ca_path: raw.amqp.ca_path,
-            client_cert_path: raw.amqp.client_cert_path,
-            client_key_path: raw.amqp.client_key_path,
-            exchange: raw.amqp.exchange,
-            declare_queue: raw.amqp.declare_queue,
-            routing_key,
-            max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
-            connect_timeout: ms(connect_timeout_ms),
-            publish_confirm_timeout: ms(publish_confirm_timeout_ms),
-            reconnect_max_backoff: ms(reconnect_max_backoff_ms),
-            park_after_attempts: u32::try_from(park_after_attempts).unwrap_or(u32::MAX),
-        },
+        amqp: amqp?,
         delivery,
         log,
         admin: admin?,
@@ -553,6 +299,8 @@ fn secret_set(endpoint: &Endpoint) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::testing::{MINIMAL, no_env};
     use super::*;
 
@@ -647,17 +395,6 @@ mod tests {
     }
 
     #[test]
-    fn secrets_and_password_never_show_in_debug() {
-        let c = Config::parse(MINIMAL, &no_env).expect("valid");
-        let debug = format!("{c:?}");
-        assert!(!debug.contains("whsec_live"), "{debug}");
-        assert!(!debug.contains("guest:guest"), "{debug}");
-        assert_eq!(c.amqp.url.redacted(), "amqp://guest:***@127.0.0.1:5672/%2f");
-        let at = AmqpUrl("amqp://relay:p@ss@broker:5672/%2f".to_owned());
-        assert_eq!(at.redacted(), "amqp://relay:***@broker:5672/%2f");
-    }
-
-    #[test]
     fn toml_syntax_errors_do_not_quote_the_file() {
         let text = MINIMAL.replace(
             "secrets = [\"whsec_live_0123456789abcdef\"]",
@@ -665,17 +402,5 @@ mod tests {
         );
         let err = Config::parse(&text, &no_env).expect_err("syntax");
         assert!(!err.to_string().contains("whsec_live"), "{err}");
-    }
-
-    #[test]
-    fn routing_key_templates() {
-        let t = RoutingKeyTemplate::parse("gate.{endpoint}.{environment}.{type}").expect("valid");
-        assert_eq!(
-            t.render("live", "kyc.required", "main"),
-            "gate.main.live.kyc.required"
-        );
-        assert!(RoutingKeyTemplate::parse("{nope}").is_err());
-        assert!(RoutingKeyTemplate::parse("{type").is_err());
-        assert!(RoutingKeyTemplate::parse("a}").is_err());
     }
 }
