@@ -6,16 +6,13 @@
 //! Pure. Guarantee: `Config::parse` reports every problem at once, each with its key path, and no
 //! error or `Debug` output contains a secret value or the broker password.
 
-use std::collections::HashSet;
-
-use std::path::PathBuf;
-
 use serde::Deserialize;
 
 mod admin;
 mod amqp;
 mod delivery;
 mod duration;
+mod endpoint;
 mod log;
 mod problems;
 mod routing_key;
@@ -28,6 +25,7 @@ mod testing;
 pub use admin::AdminConfig;
 pub use amqp::{AMQP_SHORT_STRING, AmqpConfig, AmqpUrl};
 pub use delivery::{AckMode, DeliveryConfig};
+pub use endpoint::Endpoint;
 pub use log::{LogConfig, LogFormat};
 pub use server::ServerConfig;
 pub use store::{DEFAULT_CACHE_CAPACITY_BYTES, StoreConfig};
@@ -53,19 +51,7 @@ struct RawConfig {
     #[serde(default)]
     admin: admin::RawAdmin,
     #[serde(default)]
-    endpoint: Vec<RawEndpoint>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEndpoint {
-    name: String,
-    path: String,
-    environment: String,
-    secrets: Option<Vec<String>>,
-    secrets_env: Option<String>,
-    secrets_file: Option<PathBuf>,
-    tolerance_secs: Option<u64>,
+    endpoint: Vec<endpoint::RawEndpoint>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -82,17 +68,6 @@ pub struct Config {
     pub endpoints: Vec<Endpoint>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub name: String,
-    pub path: String,
-    pub environment: String,
-    pub secrets: Vec<Secret>,
-    pub tolerance_secs: u32,
-}
-
-// Defaults, each with its reason.
-const DEFAULT_TOLERANCE_SECS: u64 = 300;
 impl Config {
     /// Parses and validates `text`; `env` looks up environment variables (for `secrets_env`).
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
@@ -125,81 +100,12 @@ fn validate(
     let admin = raw.admin.validate(env, problems);
     let store = raw.store.validate(problems);
     let amqp = raw.amqp.validate(env, problems);
-    if raw.endpoint.is_empty() {
-        problems.report(
-            "endpoint",
-            "at least one [[endpoint]] is required".to_owned(),
-        );
-    }
-    let mut names = HashSet::new();
-    let mut paths = HashSet::new();
-    let mut endpoints = Vec::new();
-    for (i, e) in raw.endpoint.into_iter().enumerate() {
-        let key = |field: &str| format!("endpoint[{i}].{field}");
-        if !valid_name(&e.name) {
-            problems.report(
-                &key("name"),
-                format!("{:?} must be 1-64 of [A-Za-z0-9_-]", e.name),
-            );
-        } else if !names.insert(e.name.clone()) {
-            problems.report(&key("name"), format!("{:?} is used twice", e.name));
-        }
-        if !e.path.starts_with('/')
-            || e.path.contains(['?', '#'])
-            || e.path.chars().any(char::is_whitespace)
-        {
-            problems.report(
-                &key("path"),
-                format!(
-                    "{:?} must start with / and have no query, fragment or spaces",
-                    e.path
-                ),
-            );
-        } else if !paths.insert(e.path.clone()) {
-            problems.report(&key("path"), format!("{:?} is used twice", e.path));
-        }
-        if !valid_name(&e.environment) {
-            problems.report(
-                &key("environment"),
-                format!("{:?} must be 1-64 of [A-Za-z0-9_-]", e.environment),
-            );
-        }
-        let secrets = endpoint_secrets(&e, env, &key, &mut |k, w| problems.report(k, w));
-        let tolerance = e.tolerance_secs.unwrap_or(DEFAULT_TOLERANCE_SECS);
-        if tolerance == 0 || tolerance > 86_400 {
-            problems.report(
-                &key("tolerance_secs"),
-                format!("{tolerance} is out of range 1..=86400"),
-            );
-        }
-        endpoints.push(Endpoint {
-            name: e.name,
-            path: e.path,
-            environment: e.environment,
-            secrets,
-            tolerance_secs: u32::try_from(tolerance).unwrap_or(u32::MAX),
-        });
-    }
-
-    // The dedupe key is (environment, event id): an endpoint whose secrets differ from another's
-    // in the same environment would let one secret's holder claim the other's event ids.
-    for (i, e) in endpoints.iter().enumerate() {
-        let same_env = endpoints[..i]
-            .iter()
-            .find(|other| other.environment == e.environment);
-        if let Some(other) = same_env {
-            if secret_set(other) != secret_set(e) {
-                problems.report(
-                    &format!("endpoint[{i}].secrets"),
-                    format!(
-                        "endpoints {:?} and {:?} share environment {:?} with different secrets; \
-                         give each its own environment, or the same secrets",
-                        other.name, e.name, e.environment
-                    ),
-                );
-            }
-        }
-    }
+    let read_file = |path: &std::path::Path| std::fs::read_to_string(path);
+    let sources = endpoint::SecretSources {
+        env,
+        read_file: &read_file,
+    };
+    let endpoints = endpoint::validate(raw.endpoint, &sources, problems);
     let delivery = raw.delivery.validate(request_timeout_ms, problems);
     let log = raw.log.validate(problems);
 
@@ -210,91 +116,9 @@ fn validate(
         delivery,
         log,
         admin: admin?,
-        endpoints,
+        endpoints: endpoints?,
     };
     Some(config)
-}
-
-fn valid_name(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// Secrets from `secrets` (inline) or `secrets_env` (comma-separated), exactly one of them.
-fn endpoint_secrets(
-    e: &RawEndpoint,
-    env: &dyn Fn(&str) -> Option<String>,
-    key: &dyn Fn(&str) -> String,
-    problem: &mut dyn FnMut(&str, String),
-) -> Vec<Secret> {
-    let sources = usize::from(e.secrets.is_some())
-        + usize::from(e.secrets_env.is_some())
-        + usize::from(e.secrets_file.is_some());
-    if sources != 1 {
-        problem(
-            &key("secrets"),
-            "set exactly one of secrets (inline), secrets_env (environment variable) or secrets_file".to_owned(),
-        );
-        return Vec::new();
-    }
-    let values: Vec<String> = match (&e.secrets, &e.secrets_env, &e.secrets_file) {
-        (Some(inline), _, _) => inline.clone(),
-        // One secret per line; blank lines and # comments skipped. Re-read on SIGHUP.
-        (_, _, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(text) => text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_owned)
-                .collect(),
-            Err(err) => {
-                problem(
-                    &key("secrets_file"),
-                    format!("cannot read {}: {}", path.display(), err.kind()),
-                );
-                return Vec::new();
-            }
-        },
-        (_, Some(var), _) => match env(var) {
-            Some(list) => list
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect(),
-            None => {
-                problem(
-                    &key("secrets_env"),
-                    format!("environment variable {var} is not set"),
-                );
-                return Vec::new();
-            }
-        },
-        (None, None, None) => unreachable!("exactly one source is set, checked above"),
-    };
-    if values.is_empty() {
-        problem(
-            &key("secrets"),
-            "at least one secret is required".to_owned(),
-        );
-    }
-    for (j, value) in values.iter().enumerate() {
-        // Short secrets are guessable; 0Gate's are whsec_ plus a long random tail.
-        if value.len() < 16 {
-            problem(
-                &key(&format!("secrets[{j}]")),
-                "is shorter than 16 characters (value not shown)".to_owned(),
-            );
-        }
-    }
-    values.into_iter().map(Secret::new).collect()
-}
-
-/// An endpoint's secrets, order aside.
-fn secret_set(endpoint: &Endpoint) -> Vec<&str> {
-    let mut set: Vec<&str> = endpoint.secrets.iter().map(Secret::expose).collect();
-    set.sort_unstable();
-    set
 }
 
 #[cfg(test)]
@@ -314,25 +138,6 @@ mod tests {
         assert_eq!(c.amqp.routing_key.render("live", "a.b", "ep"), "live.a.b");
         assert_eq!(c.store.cache_capacity_bytes, 64 * 1024 * 1024);
         assert_eq!(c.amqp.park_after_attempts, 20);
-    }
-
-    #[test]
-    fn endpoints_sharing_an_environment_must_share_their_secrets() {
-        let second = |secret: &str| {
-            format!(
-                "{MINIMAL}\n[[endpoint]]\nname = \"other\"\npath = \"/other\"\n\
-                 environment = \"live\"\nsecrets = [\"{secret}\"]\n"
-            )
-        };
-        let err = Config::parse(&second("whsec_other_0123456789abcdef"), &no_env)
-            .expect_err("different secrets in one environment");
-        assert!(err.problems[0].contains("endpoint[1].secrets"), "{err}");
-        assert!(
-            !err.to_string().contains("whsec_"),
-            "no secret in the message: {err}"
-        );
-        Config::parse(&second("whsec_live_0123456789abcdef"), &no_env)
-            .expect("the same secrets in one environment are fine");
     }
 
     #[test]
@@ -372,26 +177,6 @@ mod tests {
             assert!(all.contains(key), "{key} missing from {all}");
         }
         assert!(!all.contains("whsec_short"), "secret leaked: {all}");
-    }
-
-    #[test]
-    fn secrets_come_from_the_environment() {
-        let text = MINIMAL.replace(
-            "secrets = [\"whsec_live_0123456789abcdef\"]",
-            "secrets_env = \"LIVE_SECRETS\"",
-        );
-        let env = |name: &str| {
-            (name == "LIVE_SECRETS")
-                .then(|| "whsec_new_0123456789abcdef, whsec_old_0123456789abcdef".to_owned())
-        };
-        let c = Config::parse(&text, &env).expect("valid");
-        let got: Vec<&str> = c.endpoints[0].secrets.iter().map(Secret::expose).collect();
-        assert_eq!(
-            got,
-            ["whsec_new_0123456789abcdef", "whsec_old_0123456789abcdef"]
-        );
-        let err = Config::parse(&text, &no_env).expect_err("unset variable");
-        assert!(err.to_string().contains("endpoint[0].secrets_env"), "{err}");
     }
 
     #[test]
