@@ -1,10 +1,18 @@
-//! Configuration: the TOML file as written (`RawConfig`, unknown keys rejected) and the validated
-//! [`Config`] the rest of the relay trusts.
+//! Configuration: the TOML file as written (one `Raw*` struct per section, unknown keys rejected)
+//! and the validated [`Config`] the rest of the relay trusts.
 //!
-//! Owns: defaults, validation, secret lookup from the environment. Does not own: reading the file
-//! (the caller passes its text) or the process environment (the caller passes a lookup function).
-//! Pure. Guarantee: `Config::parse` reports every problem at once, each with its key path, and no
-//! error or `Debug` output contains a secret value or the broker password.
+//! Owns: the shape of the file, the defaults with their reasons and the validation, one file per
+//! section (`server`, `admin`, `store`, `amqp`, `delivery`, `log`, `endpoint`), each reporting into
+//! one problem collector. Does not own: reading the config file (the caller passes its text),
+//! the process environment (the caller passes a lookup function) or the files a config names
+//! (`secrets_file` is read through a reader the caller passes; certificate paths are only
+//! carried). Pure: nothing here touches the process or the file system.
+//!
+//! Guarantee: `Config::parse` reports every problem at once, each with its key path, and no error
+//! or `Debug` output contains a secret value or the broker password.
+
+use std::io;
+use std::path::Path;
 
 use serde::Deserialize;
 
@@ -27,7 +35,7 @@ pub use amqp::{AMQP_SHORT_STRING, AmqpConfig, AmqpUrl};
 pub use delivery::{AckMode, DeliveryConfig};
 pub use endpoint::Endpoint;
 pub use log::{LogConfig, LogFormat};
-pub use server::ServerConfig;
+pub use server::{ServerConfig, TlsSettings};
 pub use store::{DEFAULT_CACHE_CAPACITY_BYTES, StoreConfig};
 
 pub use problems::ConfigError;
@@ -69,13 +77,25 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parses and validates `text`; `env` looks up environment variables (for `secrets_env`).
+    /// Parses and validates `text`; `env` looks up environment variables (`url_env`,
+    /// `token_env`, `secrets_env`). Reads no file: a `secrets_file` is reported as unreadable
+    /// (see [`Config::parse_with_files`]).
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::parse_with_files(text, env, &|_| Err(io::ErrorKind::Unsupported.into()))
+    }
+
+    /// As [`Config::parse`], with `read_file` reading each endpoint's `secrets_file`.
+    pub fn parse_with_files(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        read_file: &dyn Fn(&Path) -> io::Result<String>,
+    ) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             problems: vec![redact_toml_error(&e)],
         })?;
         let mut problems = Problems::default();
-        let config = validate(raw, env, &mut problems);
+        let sources = endpoint::SecretSources { env, read_file };
+        let config = validate(raw, &sources, &mut problems);
         problems.finish(config)
     }
 }
@@ -90,25 +110,21 @@ fn redact_toml_error(e: &toml::de::Error) -> String {
     message
 }
 
+/// Every section in the order of `config.toml.example`; `None` when one could not be built.
 fn validate(
     raw: RawConfig,
-    env: &dyn Fn(&str) -> Option<String>,
+    sources: &endpoint::SecretSources<'_>,
     problems: &mut Problems,
 ) -> Option<Config> {
+    let env = sources.env;
     let request_timeout_ms = raw.server.request_timeout_ms();
     let server = raw.server.validate(problems);
     let admin = raw.admin.validate(env, problems);
     let store = raw.store.validate(problems);
     let amqp = raw.amqp.validate(env, problems);
-    let read_file = |path: &std::path::Path| std::fs::read_to_string(path);
-    let sources = endpoint::SecretSources {
-        env,
-        read_file: &read_file,
-    };
-    let endpoints = endpoint::validate(raw.endpoint, &sources, problems);
     let delivery = raw.delivery.validate(request_timeout_ms, problems);
     let log = raw.log.validate(problems);
-
+    let endpoints = endpoint::validate(raw.endpoint, sources, problems);
     let config = Config {
         server: server?,
         store: store?,

@@ -54,7 +54,18 @@ pub struct ServerConfig {
     /// Body bytes all requests together may hold while being read and handled.
     pub max_body_bytes_in_flight: usize,
     pub shutdown_grace: Duration,
-    pub tls: Option<crate::tls::TlsSettings>,
+    pub tls: Option<TlsSettings>,
+}
+
+/// Where the certificate material lives (`[server.tls]`); `tls.rs` reads it.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// PEM: the server certificate first, then any intermediates.
+    pub cert_path: PathBuf,
+    /// PEM: one private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+    /// PEM: CA certificates that client certificates must chain to. `None`: no client auth.
+    pub client_ca_path: Option<PathBuf>,
 }
 
 impl RawServer {
@@ -126,7 +137,7 @@ impl RawServer {
             max_body_bytes_in_flight: usize::try_from(max_body_bytes_in_flight)
                 .unwrap_or(usize::MAX),
             shutdown_grace: ms(shutdown_grace_ms),
-            tls: self.tls.map(|t| crate::tls::TlsSettings {
+            tls: self.tls.map(|t| TlsSettings {
                 cert_path: t.cert_path,
                 key_path: t.key_path,
                 client_ca_path: t.client_ca_path,
