@@ -5,20 +5,40 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::problems::Problems;
+use super::problems::{Bound, Problems};
 use super::routing_key::RoutingKeyTemplate;
 
 const DEFAULT_ROUTING_KEY: &str = "{environment}.{type}";
-/// Enough to keep a broker's confirm pipeline full across a loopback or LAN round trip.
-const DEFAULT_MAX_IN_FLIGHT: u64 = 256;
-const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
-/// A confirm this late means a blocked or broken broker; the connection is replaced.
-const DEFAULT_PUBLISH_CONFIRM_TIMEOUT_MS: u64 = 15_000;
-const DEFAULT_RECONNECT_MAX_BACKOFF_MS: u64 = 30_000;
-/// With the refusal backoff (100 ms doubling to `reconnect_max_backoff_ms`, 30 s by default)
-/// twenty attempts span about six minutes: a full queue or a missing binding fixed within
-/// that is delivered without an operator; past it, the event stops holding up the others.
-const DEFAULT_PARK_AFTER_ATTEMPTS: u64 = 20;
+const MAX_IN_FLIGHT: Bound = Bound {
+    key: "amqp.max_in_flight",
+    // Enough to keep a broker's confirm pipeline full across a loopback or LAN round trip.
+    default: 256,
+    max: 65_535,
+};
+const CONNECT_TIMEOUT_MS: Bound = Bound {
+    key: "amqp.connect_timeout_ms",
+    default: 5_000,
+    max: 600_000,
+};
+const PUBLISH_CONFIRM_TIMEOUT_MS: Bound = Bound {
+    key: "amqp.publish_confirm_timeout_ms",
+    // A confirm this late means a blocked or broken broker; the connection is replaced.
+    default: 15_000,
+    max: 600_000,
+};
+const RECONNECT_MAX_BACKOFF_MS: Bound = Bound {
+    key: "amqp.reconnect_max_backoff_ms",
+    default: 30_000,
+    max: 3_600_000,
+};
+const PARK_AFTER_ATTEMPTS: Bound = Bound {
+    key: "amqp.park_after_attempts",
+    // With the refusal backoff (100 ms doubling to `reconnect_max_backoff_ms`, 30 s by default)
+    // twenty attempts span about six minutes: a full queue or a missing binding fixed within
+    // that is delivered without an operator; past it, the event stops holding up the others.
+    default: 20,
+    max: 1_000_000,
+};
 /// AMQP short strings (exchange names, routing keys) are at most 255 bytes.
 pub const AMQP_SHORT_STRING: usize = 255;
 
@@ -97,22 +117,19 @@ pub struct AmqpConfig {
     pub park_after_attempts: u32,
 }
 
-/// The publisher's bounds, as configured or defaulted (each reported unless in range).
-struct Bounds {
-    max_in_flight: u64,
-    connect_timeout_ms: u64,
-    publish_confirm_timeout_ms: u64,
-    reconnect_max_backoff_ms: u64,
-    park_after_attempts: u64,
-}
-
 impl RawAmqp {
     pub(super) fn validate(
         self,
         env: &dyn Fn(&str) -> Option<String>,
         problems: &mut Problems,
     ) -> Option<AmqpConfig> {
-        let bounds = self.bounds(problems);
+        let max_in_flight = problems.positive(&MAX_IN_FLIGHT, self.max_in_flight);
+        let connect_timeout_ms = problems.positive(&CONNECT_TIMEOUT_MS, self.connect_timeout_ms);
+        let publish_confirm_timeout_ms =
+            problems.positive(&PUBLISH_CONFIRM_TIMEOUT_MS, self.publish_confirm_timeout_ms);
+        let reconnect_max_backoff_ms =
+            problems.positive(&RECONNECT_MAX_BACKOFF_MS, self.reconnect_max_backoff_ms);
+        let park_after_attempts = problems.positive(&PARK_AFTER_ATTEMPTS, self.park_after_attempts);
         let url = self.url(env, problems);
         if self.client_cert_path.is_some() != self.client_key_path.is_some() {
             problems.report(
@@ -134,47 +151,12 @@ impl RawAmqp {
             exchange: self.exchange,
             routing_key: routing_key?,
             declare_queue: self.declare_queue,
-            max_in_flight: usize::try_from(bounds.max_in_flight).unwrap_or(usize::MAX),
-            connect_timeout: ms(bounds.connect_timeout_ms),
-            publish_confirm_timeout: ms(bounds.publish_confirm_timeout_ms),
-            reconnect_max_backoff: ms(bounds.reconnect_max_backoff_ms),
-            park_after_attempts: u32::try_from(bounds.park_after_attempts).unwrap_or(u32::MAX),
+            max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
+            connect_timeout: ms(connect_timeout_ms),
+            publish_confirm_timeout: ms(publish_confirm_timeout_ms),
+            reconnect_max_backoff: ms(reconnect_max_backoff_ms),
+            park_after_attempts: u32::try_from(park_after_attempts).unwrap_or(u32::MAX),
         })
-    }
-
-    fn bounds(&self, problems: &mut Problems) -> Bounds {
-        Bounds {
-            max_in_flight: problems.positive(
-                "amqp.max_in_flight",
-                self.max_in_flight,
-                DEFAULT_MAX_IN_FLIGHT,
-                65_535,
-            ),
-            connect_timeout_ms: problems.positive(
-                "amqp.connect_timeout_ms",
-                self.connect_timeout_ms,
-                DEFAULT_CONNECT_TIMEOUT_MS,
-                600_000,
-            ),
-            publish_confirm_timeout_ms: problems.positive(
-                "amqp.publish_confirm_timeout_ms",
-                self.publish_confirm_timeout_ms,
-                DEFAULT_PUBLISH_CONFIRM_TIMEOUT_MS,
-                600_000,
-            ),
-            reconnect_max_backoff_ms: problems.positive(
-                "amqp.reconnect_max_backoff_ms",
-                self.reconnect_max_backoff_ms,
-                DEFAULT_RECONNECT_MAX_BACKOFF_MS,
-                3_600_000,
-            ),
-            park_after_attempts: problems.positive(
-                "amqp.park_after_attempts",
-                self.park_after_attempts,
-                DEFAULT_PARK_AFTER_ATTEMPTS,
-                1_000_000,
-            ),
-        }
     }
 
     /// The URL, inline (`url`) or from the environment (`url_env`), exactly one of them.

@@ -4,11 +4,19 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::problems::Problems;
+use super::problems::{Bound, Problems};
 
-/// Below 0Gate's 10 s wait, so a late confirm becomes our 503 rather than its timeout.
-const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 5_000;
-const DEFAULT_RETRY_AFTER_SECS: u64 = 5;
+const CONFIRM_TIMEOUT_MS: Bound = Bound {
+    key: "delivery.confirm_timeout_ms",
+    // Below 0Gate's 10 s wait, so a late confirm becomes our 503 rather than its timeout.
+    default: 5_000,
+    max: 600_000,
+};
+const RETRY_AFTER_SECS: Bound = Bound {
+    key: "delivery.retry_after_secs",
+    default: 5,
+    max: 3_600,
+};
 
 /// When a webhook gets its 2xx.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -42,18 +50,8 @@ impl RawDelivery {
         request_timeout_ms: u64,
         problems: &mut Problems,
     ) -> DeliveryConfig {
-        let confirm_timeout_ms = problems.positive(
-            "delivery.confirm_timeout_ms",
-            self.confirm_timeout_ms,
-            DEFAULT_CONFIRM_TIMEOUT_MS,
-            600_000,
-        );
-        let retry_after_secs = problems.positive(
-            "delivery.retry_after_secs",
-            self.retry_after_secs,
-            DEFAULT_RETRY_AFTER_SECS,
-            3_600,
-        );
+        let confirm_timeout_ms = problems.positive(&CONFIRM_TIMEOUT_MS, self.confirm_timeout_ms);
+        let retry_after_secs = problems.positive(&RETRY_AFTER_SECS, self.retry_after_secs);
         if confirm_timeout_ms >= request_timeout_ms {
             problems.report(
                 "delivery.confirm_timeout_ms",

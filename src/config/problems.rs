@@ -13,6 +13,13 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
+/// A positive integer key: its path, its default when unset and the largest value accepted.
+pub(super) struct Bound {
+    pub(super) key: &'static str,
+    pub(super) default: u64,
+    pub(super) max: u64,
+}
+
 /// The problems found so far, in the order they were found.
 #[derive(Debug, Default)]
 pub(super) struct Problems(Vec<String>);
@@ -27,18 +34,13 @@ impl Problems {
         result.map_err(|why| self.report(key, why)).ok()
     }
 
-    /// `value` (or `default` when unset), reported unless it is in `1..=max`. An out-of-range
-    /// value is still returned: checks that compare it with another key report against it too.
-    pub(super) fn positive(
-        &mut self,
-        key: &str,
-        value: Option<u64>,
-        default: u64,
-        max: u64,
-    ) -> u64 {
-        let v = value.unwrap_or(default);
-        if v == 0 || v > max {
-            self.report(key, format!("{v} is out of range 1..={max}"));
+    /// `value` (or the bound's default when unset), reported unless it is in `1..=max`. An
+    /// out-of-range value is still returned: checks that compare it with another key report
+    /// against it too.
+    pub(super) fn positive(&mut self, bound: &Bound, value: Option<u64>) -> u64 {
+        let v = value.unwrap_or(bound.default);
+        if v == 0 || v > bound.max {
+            self.report(bound.key, format!("{v} is out of range 1..={}", bound.max));
         }
         v
     }

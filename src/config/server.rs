@@ -6,22 +6,46 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::problems::Problems;
+use super::problems::{Bound, Problems};
 
-/// 0Gate publishes no size limit; 1 MiB is far above any envelope seen and bounds memory.
-const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
-/// Chunked bodies keep every sled value small, but a body is still held in memory whole.
-const MAX_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
-/// A sender that has not finished its headers in 10 s is not 0Gate.
-const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
-/// 0Gate gives up after about 10 s; answering later is useless.
-const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 9_000;
-const DEFAULT_MAX_CONNECTIONS: u64 = 1_024;
-/// Body bytes held at once by all requests (reserved before reading, by Content-Length or chunk
-/// by chunk): 64 MiB leaves most of a 512 MiB pod to sled's cache and everything else, where
-/// max_connections × max_body_bytes (1 GiB by default) would not.
-const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: u64 = 64 * 1024 * 1024;
-const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+const MAX_BODY_BYTES: Bound = Bound {
+    key: "server.max_body_bytes",
+    // 0Gate publishes no size limit; 1 MiB is far above any envelope seen and bounds memory.
+    default: 1024 * 1024,
+    // Chunked bodies keep every sled value small, but a body is still held in memory whole.
+    max: 16 * 1024 * 1024,
+};
+const HEADER_READ_TIMEOUT_MS: Bound = Bound {
+    key: "server.header_read_timeout_ms",
+    // A sender that has not finished its headers in 10 s is not 0Gate.
+    default: 10_000,
+    max: 600_000,
+};
+const REQUEST_TIMEOUT_MS: Bound = Bound {
+    key: "server.request_timeout_ms",
+    // 0Gate gives up after about 10 s; answering later is useless.
+    default: 9_000,
+    max: 600_000,
+};
+const MAX_CONNECTIONS: Bound = Bound {
+    key: "server.max_connections",
+    default: 1_024,
+    max: 1_000_000,
+};
+const MAX_BODY_BYTES_IN_FLIGHT: Bound = Bound {
+    key: "server.max_body_bytes_in_flight",
+    // Body bytes held at once by all requests (reserved before reading, by Content-Length or chunk
+    // by chunk): 64 MiB leaves most of a 512 MiB pod to sled's cache and everything else, where
+    // max_connections × max_body_bytes (1 GiB by default) would not.
+    default: 64 * 1024 * 1024,
+    // Reserved through a semaphore whose requests count in u32.
+    max: u32::MAX as u64,
+};
+const SHUTDOWN_GRACE_MS: Bound = Bound {
+    key: "server.shutdown_grace_ms",
+    default: 10_000,
+    max: 600_000,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,7 +96,7 @@ impl RawServer {
     /// `request_timeout_ms` as configured or defaulted, for the checks of other sections.
     pub(super) fn request_timeout_ms(&self) -> u64 {
         self.request_timeout_ms
-            .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS)
+            .unwrap_or(REQUEST_TIMEOUT_MS.default)
     }
 
     pub(super) fn validate(self, problems: &mut Problems) -> Option<ServerConfig> {
@@ -82,43 +106,14 @@ impl RawServer {
                 .parse()
                 .map_err(|_| format!("{:?} is not an address like 127.0.0.1:8080", self.listen)),
         );
-        let max_body_bytes = problems.positive(
-            "server.max_body_bytes",
-            self.max_body_bytes,
-            DEFAULT_MAX_BODY_BYTES,
-            MAX_MAX_BODY_BYTES,
-        );
-        let header_read_timeout_ms = problems.positive(
-            "server.header_read_timeout_ms",
-            self.header_read_timeout_ms,
-            DEFAULT_HEADER_READ_TIMEOUT_MS,
-            600_000,
-        );
-        let request_timeout_ms = problems.positive(
-            "server.request_timeout_ms",
-            self.request_timeout_ms,
-            DEFAULT_REQUEST_TIMEOUT_MS,
-            600_000,
-        );
-        let max_connections = problems.positive(
-            "server.max_connections",
-            self.max_connections,
-            DEFAULT_MAX_CONNECTIONS,
-            1_000_000,
-        );
-        // Reserved through a semaphore whose requests count in u32.
-        let max_body_bytes_in_flight = problems.positive(
-            "server.max_body_bytes_in_flight",
-            self.max_body_bytes_in_flight,
-            DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
-            u64::from(u32::MAX),
-        );
-        let shutdown_grace_ms = problems.positive(
-            "server.shutdown_grace_ms",
-            self.shutdown_grace_ms,
-            DEFAULT_SHUTDOWN_GRACE_MS,
-            600_000,
-        );
+        let max_body_bytes = problems.positive(&MAX_BODY_BYTES, self.max_body_bytes);
+        let header_read_timeout_ms =
+            problems.positive(&HEADER_READ_TIMEOUT_MS, self.header_read_timeout_ms);
+        let request_timeout_ms = problems.positive(&REQUEST_TIMEOUT_MS, self.request_timeout_ms);
+        let max_connections = problems.positive(&MAX_CONNECTIONS, self.max_connections);
+        let max_body_bytes_in_flight =
+            problems.positive(&MAX_BODY_BYTES_IN_FLIGHT, self.max_body_bytes_in_flight);
+        let shutdown_grace_ms = problems.positive(&SHUTDOWN_GRACE_MS, self.shutdown_grace_ms);
         if max_body_bytes_in_flight < max_body_bytes {
             problems.report(
                 "server.max_body_bytes_in_flight",

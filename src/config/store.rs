@@ -6,14 +6,27 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::duration::parse_duration;
-use super::problems::Problems;
+use super::problems::{Bound, Problems};
 
-/// About an hour of traffic at 30 events/s; past it 0Gate retries and we shed load.
-const DEFAULT_MAX_OUTBOX_EVENTS: u64 = 100_000;
-const DEFAULT_MAX_OUTBOX_BYTES: u64 = 1024 * 1024 * 1024;
+const MAX_OUTBOX_EVENTS: Bound = Bound {
+    key: "store.max_outbox_events",
+    // About an hour of traffic at 30 events/s; past it 0Gate retries and we shed load.
+    default: 100_000,
+    max: u64::MAX,
+};
+const MAX_OUTBOX_BYTES: Bound = Bound {
+    key: "store.max_outbox_bytes",
+    default: 1024 * 1024 * 1024,
+    max: u64::MAX,
+};
 /// sled's page cache: recent records and the outbox head stay in memory, and it leaves room for
 /// bodies in flight within the shipped 512 MiB pod limit (README, "Memory").
 pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+const CACHE_CAPACITY_BYTES: Bound = Bound {
+    key: "store.cache_capacity_bytes",
+    default: DEFAULT_CACHE_CAPACITY_BYTES,
+    max: u64::MAX,
+};
 /// Long enough for a consumer fix over a long weekend; bounded so disk use is bounded too.
 const DEFAULT_RETAIN_BODIES: &str = "7d";
 
@@ -55,24 +68,10 @@ impl RawStore {
             "store.retain_events",
             parse_duration(self.retain_events.as_deref().unwrap_or("forever")),
         );
-        let max_outbox_events = problems.positive(
-            "store.max_outbox_events",
-            self.max_outbox_events,
-            DEFAULT_MAX_OUTBOX_EVENTS,
-            u64::MAX,
-        );
-        let max_outbox_bytes = problems.positive(
-            "store.max_outbox_bytes",
-            self.max_outbox_bytes,
-            DEFAULT_MAX_OUTBOX_BYTES,
-            u64::MAX,
-        );
-        let cache_capacity_bytes = problems.positive(
-            "store.cache_capacity_bytes",
-            self.cache_capacity_bytes,
-            DEFAULT_CACHE_CAPACITY_BYTES,
-            u64::MAX,
-        );
+        let max_outbox_events = problems.positive(&MAX_OUTBOX_EVENTS, self.max_outbox_events);
+        let max_outbox_bytes = problems.positive(&MAX_OUTBOX_BYTES, self.max_outbox_bytes);
+        let cache_capacity_bytes =
+            problems.positive(&CACHE_CAPACITY_BYTES, self.cache_capacity_bytes);
         if self.path.as_os_str().is_empty() {
             problems.report("store.path", "must not be empty");
         }
