@@ -40,14 +40,15 @@ const PARK_AFTER_ATTEMPTS: Bound = Bound {
     max: 1_000_000,
 };
 /// AMQP short strings (exchange names, routing keys) are at most 255 bytes.
-pub const AMQP_SHORT_STRING: usize = 255;
+pub(crate) const AMQP_SHORT_STRING: usize = 255;
 
 /// An AMQP URL; `Debug`/`Display` hide the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AmqpUrl(String);
 
 impl AmqpUrl {
-    pub fn expose(&self) -> &str {
+    /// The URL with its password, for connecting. Never log or format it.
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 

@@ -31,7 +31,8 @@ mod store;
 mod testing;
 
 pub use admin::AdminConfig;
-pub use amqp::{AMQP_SHORT_STRING, AmqpConfig, AmqpUrl};
+pub(crate) use amqp::AMQP_SHORT_STRING;
+pub use amqp::{AmqpConfig, AmqpUrl};
 pub use delivery::{AckMode, DeliveryConfig};
 pub use endpoint::Endpoint;
 pub use log::{LogConfig, LogFormat};

@@ -14,7 +14,7 @@ enum Segment {
 pub struct RoutingKeyTemplate(Vec<Segment>);
 
 impl RoutingKeyTemplate {
-    pub fn parse(template: &str) -> Result<Self, String> {
+    pub(crate) fn parse(template: &str) -> Result<Self, String> {
         let mut segments = Vec::new();
         let mut rest = template;
         while let Some(open) = rest.find('{') {
@@ -46,7 +46,7 @@ impl RoutingKeyTemplate {
         Ok(Self(segments))
     }
 
-    pub fn render(&self, environment: &str, event_type: &str, endpoint: &str) -> String {
+    pub(crate) fn render(&self, environment: &str, event_type: &str, endpoint: &str) -> String {
         self.0
             .iter()
             .map(|segment| match segment {
