@@ -273,4 +273,25 @@ mod tests {
         let err = Config::parse(&text, &no_env).expect_err("unset variable");
         assert!(err.to_string().contains("endpoint[0].secrets_env"), "{err}");
     }
+
+    #[test]
+    fn secrets_files_are_read_only_through_the_reader_passed_in() {
+        let text = MINIMAL.replace(
+            "secrets = [\"whsec_live_0123456789abcdef\"]",
+            "secrets_file = \"/run/live.secrets\"",
+        );
+        let err = Config::parse(&text, &no_env).expect_err("parse reads no file");
+        assert!(
+            err.to_string()
+                .contains("endpoint[0].secrets_file: cannot read /run/live.secrets: unsupported"),
+            "{err}"
+        );
+        let read = |path: &Path| {
+            assert_eq!(path, Path::new("/run/live.secrets"));
+            Ok("# rotated on Monday\n\n  whsec_file_0123456789abcdef  \n".to_owned())
+        };
+        let c = Config::parse_with_files(&text, &no_env, &read).expect("valid");
+        let got: Vec<&str> = c.endpoints[0].secrets.iter().map(Secret::expose).collect();
+        assert_eq!(got, ["whsec_file_0123456789abcdef"]);
+    }
 }
