@@ -243,10 +243,13 @@ pub enum EnvironmentMode {
     Live,
 }
 
+/// Reads the config file and, through `Config::parse_with_files`, the secrets files it names:
+/// the process's environment and file system are reached here, not in `config`.
 fn load(path: &Path) -> Result<Config, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Config::parse(&text, &|name| std::env::var(name).ok())
+    let env = |name: &str| std::env::var(name).ok();
+    Config::parse_with_files(&text, &env, &|secrets| std::fs::read_to_string(secrets))
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 

@@ -36,22 +36,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
+pub use crate::config::TlsSettings;
+
 /// 1.2 stays for older webhook senders; rustls has nothing older. The highest common one wins.
 const PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] = &[&TLS13, &TLS12];
 
 /// `h2` first so that clients that speak both get HTTP/2; the server serves either.
 const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
-
-/// Where the certificate material lives (`[server.tls]`).
-#[derive(Debug, Clone)]
-pub struct TlsSettings {
-    /// PEM: the server certificate first, then any intermediates.
-    pub cert_path: PathBuf,
-    /// PEM: one private key (PKCS#8, PKCS#1 or SEC1).
-    pub key_path: PathBuf,
-    /// PEM: CA certificates that client certificates must chain to. `None`: no client auth.
-    pub client_ca_path: Option<PathBuf>,
-}
 
 /// Why TLS material could not be loaded. Always the operator's fault (a config or file problem),
 /// never the client's.

@@ -479,7 +479,9 @@ impl TestApp {
                 None
             }
         };
-        let config = Config::parse(&text, &env).expect("test config is valid");
+        let read_file = |path: &std::path::Path| std::fs::read_to_string(path);
+        let config =
+            Config::parse_with_files(&text, &env, &read_file).expect("test config is valid");
         let listeners = Listeners {
             webhook: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
             admin: TcpListener::bind("127.0.0.1:0").await.expect("bind admin"),
