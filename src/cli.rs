@@ -288,7 +288,9 @@ pub fn run(cli: Cli) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(app::run(config, || load(&path), shutdown_signal())) {
+            // In the runtime (signal handlers need one), before anything starts.
+            let serve = async { app::run(config, || load(&path), shutdown_signal()).await };
+            match runtime.block_on(serve) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "gate-relay failed");
@@ -598,18 +600,23 @@ where
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers at once, and resolves on the first of them. At once,
+/// not at the first poll: until a handler exists a signal takes its default action, which ends
+/// the process without the final flush (a TERM right after "listening" did, 1 run in 12).
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+        }
     }
 }

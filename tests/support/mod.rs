@@ -820,14 +820,23 @@ impl RelayProcess {
 
     /// Waits for the next log line containing `text`; returns it.
     pub fn wait_for_line(&self, text: &str) -> String {
+        // The last lines seen, to show what the relay said instead when the line never comes.
+        let mut seen = std::collections::VecDeque::new();
         loop {
-            let line = self
-                .lines
-                .recv_timeout(WAIT)
-                .unwrap_or_else(|_| panic!("no log line with {text:?}"));
+            let Ok(line) = self.lines.recv_timeout(WAIT) else {
+                let seen: Vec<_> = seen.into_iter().collect();
+                panic!(
+                    "no log line with {text:?}; the last lines were:\n{}",
+                    seen.join("\n")
+                );
+            };
             if line.contains(text) {
                 return line;
             }
+            if seen.len() == 20 {
+                seen.pop_front();
+            }
+            seen.push_back(line);
         }
     }
 }
