@@ -5,8 +5,9 @@
 //! `RabbitNode::start()` runs Debian's `rabbitmq-server` in the foreground as a child process
 //! (as the `rabbitmq` user, in its own process group), with its own node name, AMQP port,
 //! distribution port and directory, and returns once the node accepts AMQP connections. Drop
-//! stops it (`rabbitmqctl -n NODE stop`, then SIGKILL to its process group and to the VM's pid
-//! if either is still alive) and removes its directory, also when the test panics. A test
+//! stops it (`rabbitmqctl -n NODE stop`; SIGKILL to its process group if the script has not
+//! exited, and to the VM's pid if a process with this node's name still has it) and removes
+//! its directory, also when the test panics. A test
 //! process killed with SIGKILL leaves its node behind: `rabbitmqctl -n NODE stop` removes it
 //! (its name is `grtest-<test pid>-<n>@localhost`).
 //!
@@ -88,10 +89,14 @@ fn rabbitmq_ids() -> (u32, u32) {
     (id("-u"), id("-g"))
 }
 
-/// Runs `command` to its end or until `timeout`, killing it then; returns status and output.
+/// Runs `command` to its end or until `timeout`, killing it (and what it started) then;
+/// returns its output, or what failed.
 fn run_bounded(mut command: Command, timeout: Duration) -> Result<String, String> {
+    use std::os::unix::process::CommandExt;
     let what = format!("{command:?}");
     let out_file = tempfile::tempfile().expect("temp file");
+    // Its own group: `rabbitmqctl` is su → sh → an Erlang VM, all killed together on timeout.
+    command.process_group(0);
     let mut child = command
         .stdin(Stdio::null())
         .stdout(out_file.try_clone().expect("clone file"))
@@ -104,7 +109,8 @@ fn run_bounded(mut command: Command, timeout: Duration) -> Result<String, String
             break Some(status);
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
+            // Not reaped yet, so the group's id cannot have been reused.
+            kill(&format!("-{}", child.id()));
             let _ = child.wait();
             break None;
         }
@@ -261,7 +267,7 @@ impl RabbitNode {
         self.await_amqp(Instant::now() + START_DEADLINE).await;
     }
 
-    /// Raises (`true`: memory high watermark 0) or clears (`true`: RabbitMQ's default
+    /// Raises (`true`: memory high watermark 0) or clears (`false`: RabbitMQ's default
     /// watermark) a memory alarm; returns once the node reports the alarm as set or cleared.
     /// While it is set the broker blocks every connection that publishes
     /// (`connection.blocked`).
