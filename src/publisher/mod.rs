@@ -12,6 +12,10 @@
 //!   event in the outbox; it is published again, with the same `message_id`, after a backoff.
 //! - After a lost connection everything still in the outbox is published again, in order.
 //! - Every await on the broker has a timeout; the relay serves webhooks while the broker is away.
+//! - While the broker blocks the connection (a resource alarm, `connection.blocked`) the relay
+//!   is not ready, the publisher's send and confirm timeouts pause and the connection is kept:
+//!   the broker holds our publishes and confirms them once the alarm clears, and a new
+//!   connection would be blocked again at its first publish.
 //!
 //! Reconnection is ours rather than lapin's auto-recovery: a lost connection drops every
 //! in-flight confirm, and the outbox already knows exactly what to send again, so a fresh
@@ -23,7 +27,6 @@ use std::time::{Duration, Instant};
 use futures_lite::StreamExt;
 use lapin::options::BasicPublishOptions;
 use lapin::{Channel, Confirmation, Connection};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AmqpConfig;
@@ -32,12 +35,14 @@ use crate::metrics::Metrics;
 use crate::store::{EventKey, Pending, Store, StoreError};
 
 mod connect;
+mod link;
 mod message;
 mod retries;
 mod returns;
 mod session;
 mod status;
 
+use link::{Link, unblocked_timeout};
 use retries::{Retries, Verdict};
 use returns::returned_key;
 use session::{Confirmed, PublishResult, Session, Settlement};
@@ -52,7 +57,7 @@ const SHUTDOWN_CONFIRM_WAIT: Duration = Duration::from_secs(5);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Handing one message to lapin (its frames to the socket buffer) takes microseconds; a send
 /// that blocks this long means the link stopped passing bytes (a blackholed broker), so the
-/// connection is replaced.
+/// connection is replaced. Time while the broker blocks the connection does not count.
 const PUBLISH_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an idle publisher checks that its connection still stands, besides lapin's events.
 const HEALTH_CHECK: Duration = Duration::from_secs(1);
@@ -73,6 +78,9 @@ enum PublishError {
     Tls(String),
     #[error("the connection is no longer usable")]
     ConnectionLost,
+    /// Shutdown came while a send waited on a connection the broker blocks.
+    #[error("shutting down")]
+    ShuttingDown,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -192,10 +200,21 @@ impl Publisher {
         session: &mut Session,
     ) -> Result<(), PublishError> {
         // lapin reports a dead connection here (auto-recovery is off), even while we are idle.
-        let mut events = connection.events_listener();
+        let mut link = Link {
+            status: connection.status().clone(),
+            events: Box::pin(connection.events_listener()),
+            shutdown,
+        };
         let mut health = tokio::time::interval(HEALTH_CHECK);
         loop {
-            self.fill_window(channel, session, retries).await?;
+            match self.fill_window(channel, &mut link, session, retries).await {
+                Ok(()) => {}
+                Err(PublishError::ShuttingDown) => {
+                    self.drain(session, retries).await;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
             let next_wake = retries.next_wake(tokio::time::Instant::now());
             let retry_sleep = async {
                 match next_wake {
@@ -215,17 +234,7 @@ impl Publisher {
                     }
                 }
                 () = self.store.outbox_grew() => {}
-                event = events.next() => match event {
-                    Some(lapin::Event::Error(e)) => return Err(PublishError::Broker(e)),
-                    Some(lapin::Event::ConnectionBlocked(reason)) => {
-                        tracing::warn!(%reason, "broker blocked publishing (resource alarm)");
-                        session.blocked = true;
-                        self.status.set(false, &self.metrics);
-                    }
-                    Some(lapin::Event::ConnectionUnblocked) => self.status.set(true, &self.metrics),
-                    Some(_) => {}
-                    None => return Err(PublishError::ConnectionLost),
-                },
+                event = link.events.next() => self.on_event(event, session)?,
                 _ = health.tick() => {
                     if !connection.status().connected() || !channel.status().connected() {
                         return Err(PublishError::ConnectionLost);
@@ -247,11 +256,35 @@ impl Publisher {
         }
     }
 
+    /// Handles one connection event; `Err` when the connection must be replaced.
+    fn on_event(
+        &self,
+        event: Option<lapin::Event>,
+        session: &mut Session,
+    ) -> Result<(), PublishError> {
+        match event {
+            Some(lapin::Event::Error(e)) => return Err(PublishError::Broker(e)),
+            Some(lapin::Event::ConnectionBlocked(reason)) => {
+                tracing::warn!(%reason, "broker blocked publishing (resource alarm)");
+                session.blocked = true;
+                self.status.set(false, &self.metrics);
+            }
+            Some(lapin::Event::ConnectionUnblocked) => {
+                tracing::info!("broker unblocked publishing");
+                self.status.set(true, &self.metrics);
+            }
+            Some(_) => {}
+            None => return Err(PublishError::ConnectionLost),
+        }
+        Ok(())
+    }
+
     /// Publishes outbox events after the cursor until the window is full or the outbox
     /// exhausted. While a suspect exists, it goes out alone and nothing else does.
     async fn fill_window(
         &self,
         channel: &Channel,
+        link: &mut Link<'_>,
         session: &mut Session,
         retries: &mut Retries,
     ) -> Result<(), PublishError> {
@@ -271,7 +304,7 @@ impl Publisher {
                     let owner = (pending.key.clone(), pending.record.event_id.clone());
                     session.in_flight.insert(pending.seq, owner);
                     session.isolated = Some(pending.seq);
-                    return self.publish(channel, pending, &mut session.confirms).await;
+                    return self.publish(channel, link, session, pending).await;
                 }
                 // Gone from the outbox meanwhile (replayed, or confirmed before the loss).
                 _ => retries.forget(suspect),
@@ -287,8 +320,7 @@ impl Publisher {
             for pending in batch.events {
                 let owner = (pending.key.clone(), pending.record.event_id.clone());
                 session.in_flight.insert(pending.seq, owner);
-                self.publish(channel, pending, &mut session.confirms)
-                    .await?;
+                self.publish(channel, link, session, pending).await?;
             }
             if batch.exhausted {
                 break;
@@ -300,14 +332,16 @@ impl Publisher {
     async fn publish(
         &self,
         channel: &Channel,
+        link: &mut Link<'_>,
+        session: &mut Session,
         pending: Pending,
-        confirms: &mut JoinSet<Confirmed>,
     ) -> Result<(), PublishError> {
         let routing_key = message::routing_key(&self.config, &pending.record);
         let properties = message::properties(&pending.record);
         let started = Instant::now();
-        let confirm = tokio::time::timeout(
+        let send = unblocked_timeout(
             PUBLISH_SEND_TIMEOUT,
+            &link.status,
             channel.basic_publish(
                 self.config.exchange.as_str().into(),
                 routing_key.as_str().into(),
@@ -318,24 +352,37 @@ impl Publisher {
                 &pending.body,
                 properties,
             ),
-        )
-        .await
-        .map_err(|_| PublishError::Timeout(PUBLISH_SEND_TIMEOUT))??;
+        );
+        tokio::pin!(send);
+        let confirm = loop {
+            tokio::select! {
+                sent = &mut send => {
+                    break sent.ok_or(PublishError::Timeout(PUBLISH_SEND_TIMEOUT))??;
+                }
+                // A blocked broker stops reading, so this send waits; its block must still be
+                // seen (the relay is not ready meanwhile), and so must a connection error.
+                event = link.events.next() => self.on_event(event, session)?,
+                // The wait is unbounded while blocked; shutdown must not be.
+                () = link.shutdown.cancelled() => return Err(PublishError::ShuttingDown),
+            }
+        };
         crate::failpoint::hit(crate::failpoint::AFTER_PUBLISH);
         let confirm_timeout = self.config.publish_confirm_timeout;
         let (seq, key, event_id) = (pending.seq, pending.key, pending.record.event_id);
-        confirms.spawn(async move {
-            let (result, returned) = match tokio::time::timeout(confirm_timeout, confirm).await {
+        let status = link.status.clone();
+        session.confirms.spawn(async move {
+            let outcome = unblocked_timeout(confirm_timeout, &status, confirm).await;
+            let (result, returned) = match outcome {
                 // The broker acked this delivery; a return attached here may be another's.
-                Ok(Ok(Confirmation::Ack(ret))) => {
+                Some(Ok(Confirmation::Ack(ret))) => {
                     (PublishResult::Ack, ret.as_ref().and_then(returned_key))
                 }
-                Ok(Ok(Confirmation::Nack(ret))) => {
+                Some(Ok(Confirmation::Nack(ret))) => {
                     (PublishResult::Nack, ret.as_ref().and_then(returned_key))
                 }
-                Ok(Ok(Confirmation::NotRequested)) => (PublishResult::Nack, None),
-                Ok(Err(_)) => (PublishResult::Error, None),
-                Err(_) => (PublishResult::Timeout, None),
+                Some(Ok(Confirmation::NotRequested)) => (PublishResult::Nack, None),
+                Some(Err(_)) => (PublishResult::Error, None),
+                None => (PublishResult::Timeout, None),
             };
             Confirmed {
                 seq,
