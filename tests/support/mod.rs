@@ -147,7 +147,15 @@ pub struct Topology {
 impl Topology {
     /// Declares a durable topic exchange and a queue bound to everything on it.
     pub async fn declare(name: &str, extra_queue_args: &[(&'static str, AMQPValue)]) -> Self {
-        let connection = broker().await;
+        Self::declare_on(broker().await, name, extra_queue_args).await
+    }
+
+    /// [`Topology::declare`] through `connection`: on another broker, such as a private node.
+    pub async fn declare_on(
+        connection: Connection,
+        name: &str,
+        extra_queue_args: &[(&'static str, AMQPValue)],
+    ) -> Self {
         let channel = connection.create_channel().await.expect("channel");
         let exchange = unique(&format!("gate.test.{name}"));
         let queue = unique(&format!("gate.test.{name}.q"));

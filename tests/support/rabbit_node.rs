@@ -20,11 +20,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::types::AMQPValue;
+use lapin::{Connection, ConnectionProperties};
 
-use super::{Topology, unique};
+use super::Topology;
 
 /// A node starts in about 5 s on an idle machine; several at once on 2 shared cores take
 /// longer. Only reached when something is wrong.
@@ -307,48 +306,7 @@ impl RabbitNode {
         name: &str,
         extra_queue_args: &[(&'static str, AMQPValue)],
     ) -> Topology {
-        let exchange = unique(&format!("gate.test.{name}"));
-        let queue = unique(&format!("gate.test.{name}.q"));
-        let topology = self.attach(exchange, queue).await;
-        let channel = &topology.channel;
-        channel
-            .exchange_declare(
-                topology.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare exchange");
-        let mut args = FieldTable::default();
-        for (k, v) in extra_queue_args {
-            args.insert((*k).into(), v.clone());
-        }
-        channel
-            .queue_declare(
-                topology.queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await
-            .expect("declare queue");
-        channel
-            .queue_bind(
-                topology.queue.as_str().into(),
-                topology.exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind queue");
-        topology
+        Topology::declare_on(self.connect().await, name, extra_queue_args).await
     }
 
     /// The same exchange and queue on a fresh connection (after a restart closed the old one).
