@@ -2,35 +2,33 @@
 //!
 //! Owns: the subcommands (`serve`, `check-config`, the operator tools `sign`, `send-test`, `events`,
 //! `outbox`), reading files, standard input and the environment, and exit codes. The HTTP clients
-//! and their output formats live in `admin_client`.
+//! and their output formats live in `admin_client`. This file: the argument types and `run`;
+//! `tools.rs`: `sign` and `send-test`; `events.rs`: the admin API's commands.
 //!
 //! Exit codes: 0 clean, 64 usage or configuration error (EX_USAGE), 1 runtime failure. Secrets are
 //! never accepted as arguments (they would land in shell history and `ps`); they come from the
 //! config file, an environment variable or a file, and are never printed.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::admin_client::{self, AdminClient, ClientError, HttpUrl, ListFilter, Outgoing};
+use crate::admin_client;
 use crate::app;
-use crate::config::{Config, Secret};
-use crate::signature;
+use crate::config::Config;
 use crate::telemetry;
+
+mod events;
+mod tools;
+
+use events::{admin_call, events};
+use tools::{send_test, sign};
 
 /// EX_USAGE from sysexits.h: the command was used incorrectly (bad flags or configuration).
 pub const EXIT_USAGE: u8 = 64;
-
-/// Bodies read by `sign` and `send-test`: four times the largest body the relay can be configured
-/// to accept (16 MiB), so oversize deliveries can still be tested.
-const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
-
-/// Secret files hold one line; anything this long is the wrong file.
-const MAX_SECRET_FILE_BYTES: u64 = 4096;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -354,250 +352,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         .enable_all()
         .build()
         .map_err(|e| failure(&format!("cannot start the runtime: {e}")))
-}
-
-/// 0Gate's secrets start `whsec_` (webhooks) or `sk_` (API keys).
-fn looks_like_secret(text: &str) -> bool {
-    text.starts_with("whsec_") || text.starts_with("sk_")
-}
-
-/// Reads an environment variable named on the command line. The name is echoed in errors, so a
-/// name that looks like a pasted secret is refused without being repeated.
-fn from_env(flag: &str, name: &str) -> Result<String, String> {
-    if looks_like_secret(name) {
-        return Err(format!(
-            "{flag} takes the NAME of an environment variable, not the secret itself"
-        ));
-    }
-    match std::env::var(name) {
-        Ok(value) if !value.is_empty() => Ok(value),
-        Ok(_) => Err(format!("{flag}: the environment variable {name} is empty")),
-        Err(std::env::VarError::NotPresent) => Err(format!(
-            "{flag}: the environment variable {name} is not set"
-        )),
-        Err(std::env::VarError::NotUnicode(_)) => Err(format!(
-            "{flag}: the environment variable {name} is not UTF-8"
-        )),
-    }
-}
-
-impl SecretArgs {
-    fn load(&self) -> Result<Secret, String> {
-        if let Some(name) = &self.secret_env {
-            return from_env("--secret-env", name).map(Secret::new);
-        }
-        let Some(path) = &self.secret_file else {
-            return Err(
-                "the webhook secret is required: --secret-env VAR or --secret-file PATH".to_owned(),
-            );
-        };
-        if looks_like_secret(&path.to_string_lossy()) {
-            return Err("--secret-file takes the path of a file, not the secret itself".to_owned());
-        }
-        let mut text = String::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_SECRET_FILE_BYTES + 1).read_to_string(&mut text))
-            .map_err(|e| format!("--secret-file {}: {e}", path.display()))?;
-        if text.len() as u64 > MAX_SECRET_FILE_BYTES {
-            return Err(format!(
-                "--secret-file {}: over {MAX_SECRET_FILE_BYTES} bytes, not a secret",
-                path.display()
-            ));
-        }
-        let secret = text.strip_suffix('\n').unwrap_or(&text);
-        let secret = secret.strip_suffix('\r').unwrap_or(secret);
-        if secret.is_empty() {
-            return Err(format!(
-                "--secret-file {}: the file is empty",
-                path.display()
-            ));
-        }
-        Ok(Secret::new(secret.to_owned()))
-    }
-}
-
-/// The bytes of FILE, or of standard input for `-` or no FILE.
-fn read_body(path: Option<&Path>) -> Result<Bytes, String> {
-    let mut body = Vec::new();
-    let (name, read) = match path {
-        None => ("standard input".to_owned(), None),
-        Some(p) if p == Path::new("-") => ("standard input".to_owned(), None),
-        // A secret pasted where the file name goes must not be echoed back.
-        Some(p) if looks_like_secret(&p.to_string_lossy()) => {
-            return Err("FILE looks like a secret; pass the body's file name".to_owned());
-        }
-        Some(p) => (p.display().to_string(), Some(p)),
-    };
-    let result = match read {
-        None => std::io::stdin()
-            .lock()
-            .take(MAX_BODY_BYTES + 1)
-            .read_to_end(&mut body),
-        Some(p) => {
-            std::fs::File::open(p).and_then(|f| f.take(MAX_BODY_BYTES + 1).read_to_end(&mut body))
-        }
-    };
-    result.map_err(|e| format!("cannot read {name}: {e}"))?;
-    if body.len() as u64 > MAX_BODY_BYTES {
-        return Err(format!("{name} is over {MAX_BODY_BYTES} bytes"));
-    }
-    Ok(Bytes::from(body))
-}
-
-fn sign(secret: &SecretArgs, timestamp: Option<i64>, body: Option<&Path>) -> ExitCode {
-    let secret = match secret.load() {
-        Ok(s) => s,
-        Err(message) => return usage(&message),
-    };
-    let body = match read_body(body) {
-        Ok(b) => b,
-        Err(message) => return usage(&message),
-    };
-    let t = timestamp.unwrap_or_else(unix_now);
-    emit(&format!("{}\n", signature::sign(&secret, t, &body)));
-    ExitCode::SUCCESS
-}
-
-fn send_test(
-    url: &str,
-    secret: &SecretArgs,
-    event_type: &str,
-    body: Option<&Path>,
-    mode: EnvironmentMode,
-) -> ExitCode {
-    let url = match HttpUrl::parse(url) {
-        Ok(u) => u,
-        Err(e) => return usage(&format!("--url {e}")),
-    };
-    let secret = match secret.load() {
-        Ok(s) => s,
-        Err(message) => return usage(&message),
-    };
-    let now = unix_now();
-    let outgoing = match body {
-        Some(path) => match read_body(Some(path)) {
-            Ok(b) => Outgoing::from_body(b),
-            Err(message) => return usage(&message),
-        },
-        None => Outgoing::test_event(event_type, mode == EnvironmentMode::Live, now, random()),
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    match runtime.block_on(admin_client::send_test(&url, &secret, &outgoing, now)) {
-        Ok(report) => {
-            emit(&admin_client::format_send_report(&report));
-            if report.succeeded() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => failure(&e.to_string()),
-    }
-}
-
-/// 64 random bits for a test event id. `RandomState` is seeded from the OS, which is all a
-/// never-reused test id needs, without another dependency.
-fn random() -> u64 {
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(SystemTime::now())
-}
-
-fn events(command: EventsCommand) -> ExitCode {
-    match command {
-        EventsCommand::Show {
-            id,
-            environment,
-            body,
-            admin,
-        } => admin_call(&admin, |client| async move {
-            let reply = client.show(&id, environment.as_deref(), body).await?;
-            Ok((reply.raw, admin_client::format_event(&reply.value)))
-        }),
-        EventsCommand::List {
-            state,
-            event_type,
-            since,
-            limit,
-            before,
-            admin,
-        } => {
-            let filter = ListFilter {
-                state: state.map(|s| match s {
-                    StateFilter::Pending => "pending",
-                    StateFilter::Published => "published",
-                    StateFilter::Parked => "parked",
-                    StateFilter::Dropped => "dropped",
-                }),
-                event_type,
-                since_ms: since,
-                limit,
-                before,
-            };
-            admin_call(&admin, |client| async move {
-                let reply = client.list(&filter).await?;
-                Ok((reply.raw, admin_client::format_page(&reply.value)))
-            })
-        }
-        EventsCommand::Replay {
-            id,
-            environment,
-            admin,
-        } => admin_call(&admin, |client| async move {
-            let reply = client.replay(&id, environment.as_deref()).await?;
-            Ok((reply.raw, admin_client::format_replayed(&reply.value)))
-        }),
-        EventsCommand::Drop {
-            id,
-            environment,
-            admin,
-        } => admin_call(&admin, |client| async move {
-            let reply = client.drop_parked(&id, environment.as_deref()).await?;
-            Ok((reply.raw, admin_client::format_replayed(&reply.value)))
-        }),
-    }
-}
-
-/// Runs one admin API call; prints its raw JSON (`--json`) or its text, and maps errors to exit
-/// codes.
-fn admin_call<F, Fut>(args: &AdminArgs, call: F) -> ExitCode
-where
-    F: FnOnce(AdminClient) -> Fut,
-    Fut: Future<Output = Result<(Bytes, String), ClientError>>,
-{
-    let url = match HttpUrl::parse(&args.url) {
-        Ok(u) => u,
-        Err(e) => return usage(&format!("--admin {e}")),
-    };
-    let token = match &args.token_env {
-        Some(name) => match from_env("--token-env", name) {
-            Ok(t) => Some(Secret::new(t)),
-            Err(message) => return usage(&message),
-        },
-        None => None,
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    match runtime.block_on(call(AdminClient::new(url, token))) {
-        Ok((raw, text)) => {
-            if args.json {
-                let mut raw = String::from_utf8_lossy(&raw).into_owned();
-                if !raw.ends_with('\n') {
-                    raw.push('\n');
-                }
-                emit(&raw);
-            } else {
-                emit(&text);
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) if e.is_usage() => usage(&e.to_string()),
-        Err(e) => failure(&e.to_string()),
-    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers at once, and resolves on the first of them. At once,
