@@ -5,6 +5,8 @@
     reason = "each test binary uses a different subset of the helpers"
 )]
 
+pub mod rabbit_node;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
