@@ -472,3 +472,69 @@ async fn torn_power_cuts_over_many_cycles_of_large_bodies_lose_nothing_acknowled
     );
     topology.delete().await;
 }
+
+/// After a power cut the store's filesystem fails every operation; SIGTERM must still end the
+/// relay, within its shutdown bound, with exit status 1 (a flush failed). Written after the
+/// soak's first smoke run left a relay hanging in sled's drop (waiting for sled's own flusher
+/// thread) after SIGTERM while its FUSE store went away; this case does not reproduce that
+/// hang (see RELIABILITY.md, Soak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_after_the_store_filesystem_failed_exits_1_within_the_shutdown_bound() {
+    if !powerfs::fuse_available() {
+        return;
+    }
+    let topology = Topology::declare("power.sigterm", &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).expect("mountpoint");
+    let store = mountpoint.join("relay").join("data");
+    let fs = PowerFs::from_image(Image::empty(), Metadata::Strict);
+    let mounted = fs.mount(&mountpoint).expect("mount powerfs");
+    std::fs::create_dir(mountpoint.join("relay")).expect("store parent");
+    let config = write_config(
+        dir.path(),
+        &store,
+        &topology.exchange,
+        "durable",
+        support::BROKER,
+    );
+    let mut relay = RelayProcess::start(&config);
+    let client = support::http_client();
+    let url = format!("http://{}{PATH}", relay.addr);
+    let send = |id: String| {
+        let body = Bytes::from(body_for(&id, 0));
+        let request = http::Request::post(&url)
+            .header("Gate-Signature", sign(SECRET, now(), &body))
+            .body(http_body_util::Full::new(body))
+            .expect("request");
+        client.request(request)
+    };
+    let before = send(unique("evt")).await.expect("answered");
+    assert!(before.status().is_success(), "accepted before the cut");
+    let _ = fs.cut_power(None);
+    // A delivery after the cut makes a flush fail.
+    let after = send(unique("evt")).await.expect("answered");
+    assert_eq!(
+        after.status().as_u16(),
+        503,
+        "nothing is durable after the cut"
+    );
+
+    relay.signal("TERM");
+    // The shutdown grace (5 s in the test config) plus the publisher's and store's bounds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = relay.child.0.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop(relay);
+    drop(mounted);
+    topology.delete().await;
+    let status = status.expect("the relay exits after SIGTERM although its store failed");
+    assert_eq!(status.code(), Some(1), "a failed flush exits 1: {status}");
+}
