@@ -25,14 +25,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions,
+    QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
 use powerfs::{Image, Metadata, PowerFs, Rng};
 use support::rabbit_node::RabbitNode;
-use support::{Options, PATH, RelayProcess, SECRET, event_body, now, sign, unique};
+use support::{Options, PATH, RelayProcess, SECRET, Topology, event_body, now, sign, unique};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -333,46 +333,8 @@ async fn declare(url: &str) -> (String, String) {
     let connection = connect(url).await.unwrap_or_else(|e| {
         panic!("RabbitMQ is not reachable at {url} ({e}); `scripts/test` shows how to start it")
     });
-    let channel = connection.create_channel().await.expect("channel");
-    let exchange = unique("gate.soak");
-    let queue = unique("gate.soak.q");
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare exchange");
-    let mut args = FieldTable::default();
-    args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .expect("declare queue");
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind queue");
-    close(&connection).await;
-    (exchange, queue)
+    let topology = Topology::declare_on(connection, "soak", &[]).await;
+    (topology.exchange.clone(), topology.queue.clone())
 }
 
 async fn delete(url: &str, exchange: &str, queue: &str) {
