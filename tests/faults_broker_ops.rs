@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gate_relay::publisher::BROKER_DOWN_FAIL_FAST;
+use gate_relay::publisher::{BROKER_DOWN_FAIL_FAST, BrokerStatus};
 use support::rabbit_node::RabbitNode;
 use support::{Options, PATH, SECRET, TestApp, event_body, now, sign, unique};
 use tokio_util::sync::CancellationToken;
@@ -198,18 +198,48 @@ async fn relay_on(node: &RabbitNode, name: &str, ack: &'static str) -> TestApp {
     TestApp::start(topology, store_dir, options).await
 }
 
-async fn restart_under_load(ack: &'static str) {
+/// A private node, a relay on it and a load that has had `PER_PHASE` events acknowledged: the
+/// state each fault starts from.
+struct UnderLoad {
+    started: Instant,
+    node_up: Duration,
+    node: RabbitNode,
+    app: TestApp,
+    broker: Arc<BrokerStatus>,
+    load: Load,
+}
+
+async fn under_load(fault: &str, ack: &'static str) -> UnderLoad {
     let started = Instant::now();
     let node = RabbitNode::start().await;
     let node_up = started.elapsed();
-    let mut app = relay_on(&node, &format!("ops.restart.{ack}"), ack).await;
+    let app = relay_on(&node, &format!("ops.{fault}.{ack}"), ack).await;
     let broker = Arc::clone(&app.running.as_ref().expect("running").broker);
-
     let load = Load::start(&app);
-    support::eventually("events are acknowledged before the restart", || {
-        load.count(Answer::acknowledged) >= PER_PHASE
-    })
+    support::eventually(
+        &format!("events are acknowledged before the {fault}"),
+        || load.count(Answer::acknowledged) >= PER_PHASE,
+    )
     .await;
+    UnderLoad {
+        started,
+        node_up,
+        node,
+        app,
+        broker,
+        load,
+    }
+}
+
+async fn restart_under_load(ack: &'static str) {
+    let UnderLoad {
+        started,
+        node_up,
+        node,
+        mut app,
+        broker,
+        load,
+    } = under_load("restart", ack).await;
 
     let stopping = Instant::now();
     node.stop_app().await;
@@ -301,17 +331,14 @@ async fn until_ready_is(app: &TestApp, want: bool) {
 }
 
 async fn memory_alarm_under_load(ack: &'static str) {
-    let started = Instant::now();
-    let node = RabbitNode::start().await;
-    let node_up = started.elapsed();
-    let mut app = relay_on(&node, &format!("ops.alarm.{ack}"), ack).await;
-    let broker = Arc::clone(&app.running.as_ref().expect("running").broker);
-
-    let load = Load::start(&app);
-    support::eventually("events are acknowledged before the alarm", || {
-        load.count(Answer::acknowledged) >= PER_PHASE
-    })
-    .await;
+    let UnderLoad {
+        started,
+        node_up,
+        node,
+        mut app,
+        broker,
+        load,
+    } = under_load("alarm", ack).await;
     until_ready_is(&app, true).await;
 
     let alarm = Instant::now();
