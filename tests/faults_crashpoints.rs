@@ -52,47 +52,6 @@ fn load(addr: SocketAddr) -> (Acked, tokio::task::JoinSet<()>) {
 }
 
 /// Collects deliveries until every acknowledged id was seen (bounded); returns (lost, duplicates).
-async fn deliveries(topology: &Topology, acked: &HashMap<String, Bytes>) -> (usize, usize) {
-    let mut seen: HashMap<String, (Vec<u8>, usize)> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + support::WAIT;
-    let all_seen = |seen: &HashMap<String, _>| acked.keys().all(|id| seen.contains_key(id));
-    while !all_seen(&seen) && tokio::time::Instant::now() < deadline {
-        for d in topology
-            .collect(usize::MAX, Duration::from_millis(500))
-            .await
-        {
-            let id = d
-                .properties
-                .message_id()
-                .as_ref()
-                .expect("message_id")
-                .to_string();
-            seen.entry(id).or_insert((d.data.clone(), 0)).1 += 1;
-        }
-    }
-    // Late redeliveries of already seen ids still count as duplicates.
-    for d in topology
-        .collect(usize::MAX, Duration::from_millis(300))
-        .await
-    {
-        let id = d
-            .properties
-            .message_id()
-            .as_ref()
-            .expect("message_id")
-            .to_string();
-        seen.entry(id).or_insert((d.data.clone(), 0)).1 += 1;
-    }
-    for (id, body) in acked {
-        if let Some((data, _)) = seen.get(id) {
-            assert!(data == body.as_ref(), "event {id} arrived with other bytes");
-        }
-    }
-    let lost = acked.keys().filter(|id| !seen.contains_key(*id)).count();
-    let duplicates = seen.values().map(|(_, n)| n - 1).sum();
-    (lost, duplicates)
-}
-
 async fn outbox_events(admin: SocketAddr) -> u64 {
     let client = support::http_client();
     let url: http::Uri = format!("http://{admin}/outbox").parse().expect("uri");
@@ -139,7 +98,9 @@ async fn crash_at(failpoint: &str, ack: &'static str) {
     );
 
     let relay = RelayProcess::start(&config);
-    let (lost, duplicates) = deliveries(&topology, &acked).await;
+    // Late redeliveries of already seen ids still count as duplicates.
+    let arrivals = topology.arrivals(&acked, Duration::from_millis(300)).await;
+    let (lost, duplicates) = (arrivals.missing.len(), arrivals.duplicates);
     println!(
         "failpoint {failpoint} ({ack}): acknowledged {} lost {lost} duplicates {duplicates}",
         acked.len()

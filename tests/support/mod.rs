@@ -7,6 +7,7 @@
 
 pub mod rabbit_node;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,6 +135,15 @@ impl Default for Options {
             server_extra: String::new(),
         }
     }
+}
+
+/// What arrived on a test's queue for a set of acknowledged events.
+#[derive(Debug)]
+pub struct Arrivals {
+    /// Acknowledged ids that never arrived.
+    pub missing: Vec<String>,
+    /// Messages beyond the first of each id.
+    pub duplicates: usize,
 }
 
 /// The exchange and queue a test owns.
@@ -266,6 +276,47 @@ impl Topology {
                     .to_string()
             })
             .collect()
+    }
+
+    /// Consumes until every id in `acked` has arrived (bounded by [`WAIT`]), then for `linger`
+    /// more, so late redeliveries count as duplicates. Panics if an acknowledged event arrived
+    /// with other bytes than it was sent with; the caller decides what `missing` means.
+    pub async fn arrivals(&self, acked: &HashMap<String, Bytes>, linger: Duration) -> Arrivals {
+        let mut seen: HashMap<String, (Vec<u8>, usize)> = HashMap::new();
+        let take = |seen: &mut HashMap<_, _>, deliveries: Vec<lapin::message::Delivery>| {
+            for d in deliveries {
+                let id = d.properties.message_id().as_ref().expect("message_id set");
+                seen.entry(id.to_string()).or_insert((d.data, 0)).1 += 1;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !acked.keys().all(|id| seen.contains_key(id))
+            && tokio::time::Instant::now() < deadline
+        {
+            take(
+                &mut seen,
+                self.collect(usize::MAX, Duration::from_millis(300)).await,
+            );
+        }
+        if !linger.is_zero() {
+            take(&mut seen, self.collect(usize::MAX, linger).await);
+        }
+        for (id, body) in acked {
+            if let Some((data, _)) = seen.get(id) {
+                assert!(
+                    data == body.as_ref(),
+                    "event {id} arrived with other bytes than it was sent with"
+                );
+            }
+        }
+        Arrivals {
+            missing: acked
+                .keys()
+                .filter(|id| !seen.contains_key(*id))
+                .cloned()
+                .collect(),
+            duplicates: seen.values().map(|(_, n)| n - 1).sum(),
+        }
     }
 
     /// Routes to the test's queue only what matches `routing_key` (instead of `#`); `None`
