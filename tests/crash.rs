@@ -107,26 +107,6 @@ async fn assert_all_delivered(topology: &Topology, acked: &HashMap<String, Bytes
     }
 }
 
-async fn assert_outbox_drains(admin: SocketAddr) {
-    let client = support::http_client();
-    let url: http::Uri = format!("http://{admin}/outbox").parse().expect("uri");
-    let deadline = tokio::time::Instant::now() + support::WAIT;
-    let mut last = serde_json::Value::Null;
-    while tokio::time::Instant::now() < deadline {
-        let response = client.get(url.clone()).await.expect("admin answered");
-        let body = http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .expect("body")
-            .to_bytes();
-        last = serde_json::from_slice(&body).expect("json");
-        if last["events"] == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the outbox never drained after the restart: {last}");
-}
-
 async fn crash_and_restart(ack: &'static str, kill: bool, pad: usize) {
     let topology = Topology::declare(&format!("crash.{ack}"), &[]).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -157,7 +137,7 @@ async fn crash_and_restart(ack: &'static str, kill: bool, pad: usize) {
     assert_all_delivered(&topology, &acked).await;
     // Everything that survived, acknowledged or not, is whole: the outbox drains to empty (an
     // entry whose body or record were lost would stay queued and be skipped forever).
-    assert_outbox_drains(relay.admin_addr).await;
+    support::assert_outbox_drains(relay.admin_addr).await;
     drop(relay);
     topology.delete().await;
 }

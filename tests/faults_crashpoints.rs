@@ -51,15 +51,9 @@ fn load(addr: SocketAddr) -> (Acked, tokio::task::JoinSet<()>) {
     (acked, senders)
 }
 
-/// Collects deliveries until every acknowledged id was seen (bounded); returns (lost, duplicates).
+/// `GET /outbox`: the outbox depth in events.
 async fn outbox_events(admin: SocketAddr) -> u64 {
-    let client = support::http_client();
-    let url: http::Uri = format!("http://{admin}/outbox").parse().expect("uri");
-    let response = client.get(url).await.expect("admin answered");
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
+    let body = support::admin_get(admin, "/outbox").await;
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
     v["events"].as_u64().expect("events count")
 }

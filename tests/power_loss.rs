@@ -78,14 +78,8 @@ async fn assert_all_delivered(
     let arrivals = topology.arrivals(acked, Duration::ZERO).await;
     let missing = &arrivals.missing;
     if let (false, Some(admin)) = (missing.is_empty(), admin) {
-        let client = support::http_client();
         for path in ["/outbox".to_owned(), format!("/events/{}", missing[0])] {
-            let url: http::Uri = format!("http://{admin}{path}").parse().expect("uri");
-            let response = client.get(url).await.expect("admin answered");
-            let body = http_body_util::BodyExt::collect(response.into_body())
-                .await
-                .expect("b")
-                .to_bytes();
+            let body = support::admin_get(admin, &path).await;
             eprintln!("after the loss, {path}: {}", String::from_utf8_lossy(&body));
         }
     }
@@ -97,26 +91,6 @@ async fn assert_all_delivered(
         &missing[..missing.len().min(5)]
     );
     arrivals.duplicates
-}
-
-async fn assert_outbox_drains(admin: SocketAddr) {
-    let client = support::http_client();
-    let url: http::Uri = format!("http://{admin}/outbox").parse().expect("uri");
-    let deadline = tokio::time::Instant::now() + support::WAIT;
-    let mut last = serde_json::Value::Null;
-    while tokio::time::Instant::now() < deadline {
-        let response = client.get(url.clone()).await.expect("admin answered");
-        let body = http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .expect("body")
-            .to_bytes();
-        last = serde_json::from_slice(&body).expect("json");
-        if last["events"] == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the outbox never drained after the restart: {last}");
 }
 
 fn write_config(
@@ -140,13 +114,7 @@ fn write_config(
 
 /// The value of `gate_relay_store_recreated` on the admin listener.
 async fn store_recreated(admin: SocketAddr) -> i64 {
-    let client = support::http_client();
-    let url: http::Uri = format!("http://{admin}/metrics").parse().expect("uri");
-    let response = client.get(url).await.expect("admin answered");
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
+    let body = support::admin_get(admin, "/metrics").await;
     let text = String::from_utf8(body.to_vec()).expect("utf-8 metrics");
     text.lines()
         .find_map(|line| line.strip_prefix("gate_relay_store_recreated "))
@@ -242,7 +210,7 @@ async fn cut_power_and_restart(case: Case) {
         }
         let relay = RelayProcess::start(&config);
         let duplicates = assert_all_delivered(&topology, &acked, Some(relay.admin_addr)).await;
-        assert_outbox_drains(relay.admin_addr).await;
+        support::assert_outbox_drains(relay.admin_addr).await;
         assert_eq!(
             store_recreated(relay.admin_addr).await,
             0,
@@ -425,7 +393,7 @@ async fn torn_power_cuts_over_many_cycles_of_large_bodies_lose_nothing_acknowled
         let mounted = fs.mount(&mountpoint).expect("remount powerfs");
         let relay = RelayProcess::start(&config);
         let duplicates = assert_all_delivered(&topology, &acked, Some(relay.admin_addr)).await;
-        assert_outbox_drains(relay.admin_addr).await;
+        support::assert_outbox_drains(relay.admin_addr).await;
         assert_eq!(
             store_recreated(relay.admin_addr).await,
             0,

@@ -912,3 +912,31 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// `GET path` on a relay's admin listener (one started as a process, where there is no
+/// [`TestApp`]); the body.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> Bytes {
+    let url: http::Uri = format!("http://{admin}{path}").parse().expect("uri");
+    let response = tokio::time::timeout(WAIT, http_client().get(url))
+        .await
+        .expect("admin answered in time")
+        .expect("admin answered");
+    http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes()
+}
+
+/// Polls `/outbox` on a relay's admin listener until it holds no event (bounded by [`WAIT`]).
+pub async fn assert_outbox_drains(admin: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last = serde_json::Value::Null;
+    while tokio::time::Instant::now() < deadline {
+        last = serde_json::from_slice(&admin_get(admin, "/outbox").await).expect("json");
+        if last["events"] == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the outbox never drained after the restart: {last}");
+}
