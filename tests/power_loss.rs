@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use powerfs::{Image, Metadata, PowerFs};
+use powerfs::{Image, Metadata, PowerFs, StoreMount};
 use support::{Options, PATH, RelayProcess, SECRET, Topology, event_body, now, sign, unique};
 
 /// Concurrent senders: enough that a cut lands with requests in every stage.
@@ -139,17 +139,13 @@ async fn cut_power_and_restart(case: Case) {
     }
     let topology = Topology::declare(&format!("power.{}", case.ack), &[]).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mountpoint = dir.path().join("mnt");
-    std::fs::create_dir(&mountpoint).expect("mountpoint");
     // The store's parent is on the mount too, made durable as an operator's directory would be.
-    let store = mountpoint.join("relay").join("data");
-
-    let fs = PowerFs::from_image(Image::empty(), case.model);
-    let mounted = fs.mount(&mountpoint).expect("mount powerfs");
-    std::fs::create_dir(mountpoint.join("relay")).expect("store parent");
-    std::fs::File::open(&mountpoint)
-        .and_then(|root| root.sync_all())
-        .expect("fsync the mount root");
+    let StoreMount {
+        fs,
+        mounted,
+        mountpoint,
+        store,
+    } = StoreMount::new(dir.path(), case.model);
 
     let first_url = if case.broker_away {
         NO_BROKER
@@ -428,12 +424,9 @@ async fn sigterm_after_the_store_filesystem_failed_exits_1_within_the_shutdown_b
     }
     let topology = Topology::declare("power.sigterm", &[]).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mountpoint = dir.path().join("mnt");
-    std::fs::create_dir(&mountpoint).expect("mountpoint");
-    let store = mountpoint.join("relay").join("data");
-    let fs = PowerFs::from_image(Image::empty(), Metadata::Strict);
-    let mounted = fs.mount(&mountpoint).expect("mount powerfs");
-    std::fs::create_dir(mountpoint.join("relay")).expect("store parent");
+    let StoreMount {
+        fs, mounted, store, ..
+    } = StoreMount::new(dir.path(), Metadata::Strict);
     let config = write_config(
         dir.path(),
         &store,

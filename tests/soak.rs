@@ -30,7 +30,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use powerfs::{Image, Metadata, PowerFs, Rng};
+use powerfs::{Metadata, PowerFs, Rng, StoreMount};
 use support::rabbit_node::RabbitNode;
 use support::{Options, PATH, RelayProcess, SECRET, Topology, event_body, now, sign, unique};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -571,15 +571,12 @@ async fn soak_with_kill_9_power_cuts_and_broker_restarts_loses_nothing_acknowled
 
     let (exchange, queue) = declare(&broker_url).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mountpoint = dir.path().join("mnt");
-    std::fs::create_dir(&mountpoint).expect("mountpoint");
-    let store = mountpoint.join("relay").join("data");
-    let fs = PowerFs::from_image(Image::empty(), Metadata::Strict);
-    let mounted = fs.mount(&mountpoint).expect("mount powerfs");
-    std::fs::create_dir(mountpoint.join("relay")).expect("store parent");
-    std::fs::File::open(&mountpoint)
-        .and_then(|root| root.sync_all())
-        .expect("fsync the mount root");
+    let StoreMount {
+        fs,
+        mounted,
+        mountpoint,
+        store,
+    } = StoreMount::new(dir.path(), Metadata::Strict);
     let mut disk = Disk {
         fs,
         mounted: Some(mounted),

@@ -257,6 +257,36 @@ pub fn fuse_available() -> bool {
     false
 }
 
+/// A relay's store on a fresh powerfs: mounted at `dir/mnt`, the store's parent `relay/`
+/// created and made durable there as an operator's directory would be, the store itself
+/// (`relay/data`) left to the relay.
+pub struct StoreMount {
+    pub fs: PowerFs,
+    pub mounted: Mounted,
+    pub mountpoint: PathBuf,
+    pub store: PathBuf,
+}
+
+impl StoreMount {
+    pub fn new(dir: &Path, model: Metadata) -> Self {
+        let mountpoint = dir.join("mnt");
+        std::fs::create_dir(&mountpoint).expect("mountpoint");
+        let fs = PowerFs::from_image(Image::empty(), model);
+        let mounted = fs.mount(&mountpoint).expect("mount powerfs");
+        std::fs::create_dir(mountpoint.join("relay")).expect("store parent");
+        std::fs::File::open(&mountpoint)
+            .and_then(|root| root.sync_all())
+            .expect("fsync the mount root");
+        let store = mountpoint.join("relay").join("data");
+        Self {
+            fs,
+            mounted,
+            mountpoint,
+            store,
+        }
+    }
+}
+
 /// A mounted PowerFs; unmounts (lazily, so a process still holding files cannot block it) when
 /// dropped, also when a test panics.
 pub struct Mounted {
