@@ -30,6 +30,25 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, so a test can walk them all (a new variant must be added here too).
+    pub const ALL: [Self; 15] = [
+        Self::Accepted,
+        Self::Duplicate,
+        Self::InvalidSignature,
+        Self::StaleTimestamp,
+        Self::MalformedHeader,
+        Self::MissingHeader,
+        Self::SignatureTooLarge,
+        Self::InvalidFraming,
+        Self::InvalidBody,
+        Self::TooLarge,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::RequestTimeout,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Accepted => "accepted",
@@ -174,26 +193,8 @@ mod tests {
 
     #[test]
     fn only_accepted_and_duplicate_are_2xx() {
-        use Outcome::*;
-        let all = [
-            Accepted,
-            Duplicate,
-            InvalidSignature,
-            StaleTimestamp,
-            MalformedHeader,
-            MissingHeader,
-            SignatureTooLarge,
-            InvalidFraming,
-            InvalidBody,
-            TooLarge,
-            NotFound,
-            MethodNotAllowed,
-            RequestTimeout,
-            Unavailable,
-            Internal,
-        ];
-        for outcome in all {
-            let success = matches!(outcome, Accepted | Duplicate);
+        for outcome in Outcome::ALL {
+            let success = matches!(outcome, Outcome::Accepted | Outcome::Duplicate);
             assert_eq!(
                 outcome.status().is_success(),
                 success,
