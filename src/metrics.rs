@@ -42,6 +42,8 @@ pub struct Metrics {
     pub events_parked: IntGauge,
     pub events_parked_total: IntCounter,
     pub body_bytes_in_flight: IntGauge,
+    /// Connections and HTTP/2 streams hyper or the edge ended before (or outside) a handler.
+    pub connections_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -65,6 +67,7 @@ impl Metrics {
             secret_matches: http.secret_matches,
             requests_in_flight: http.requests_in_flight,
             body_bytes_in_flight: http.body_bytes_in_flight,
+            connections_refused: http.connections_refused,
             outbox_events: outbox.events,
             outbox_bytes: outbox.bytes,
             outbox_oldest_age: outbox.oldest_age,
@@ -100,6 +103,7 @@ struct Http {
     secret_matches: IntCounterVec,
     requests_in_flight: IntGauge,
     body_bytes_in_flight: IntGauge,
+    connections_refused: IntCounterVec,
 }
 
 impl Http {
@@ -133,6 +137,11 @@ impl Http {
             body_bytes_in_flight: r.gauge(
                 "gate_relay_body_bytes_in_flight",
                 "Body bytes reserved by requests being read or handled (bounded by server.max_body_bytes_in_flight).",
+            ),
+            connections_refused: r.counter_vec(
+                "gate_relay_connections_refused_total",
+                "Connections and HTTP/2 streams refused or broken outside any handler (hyper's own 431 and 400, header-read timeouts, TLS and protocol errors), by listener and reason.",
+                &["listener", "reason"],
             ),
         }
     }

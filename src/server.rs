@@ -5,8 +5,9 @@
 //! protocols), the header-read timeout (hyper ignores it unless a timer is set, so one is), the
 //! idle timeout, and graceful shutdown: stop accepting, let open connections finish within the
 //! grace period, then close what is left. With TLS, the handshake runs in the connection's own
-//! task under the same timeout as the headers. Does not own: what a request means (`routes`) or
-//! certificates (`tls`).
+//! task under the same timeout as the headers. Counts every connection or stream refused before
+//! a handler ran (`refusal`): hyper answers those itself, so the routes never see them. Does not
+//! own: what a request means (`routes`) or certificates (`tls`).
 //!
 //! Guarantee: a connection with no request open for `header_read_timeout` is closed, whatever
 //! the protocol and whether or not the peer answers pings (hyper closes idle HTTP/1.1
@@ -20,10 +21,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
-
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -33,6 +33,11 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+
+mod refusal;
+
+use refusal::Refusal;
+pub use refusal::Refusals;
 
 /// 0Gate sends one delivery at a time per connection; a few streams leave room for a proxy.
 const H2_MAX_STREAMS: u32 = 8;
@@ -54,12 +59,15 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 #[derive(Default)]
 struct OpenRequests {
     count: AtomicUsize,
+    /// Set by the first request: a connection closed idle before it never sent a whole head.
+    served: std::sync::atomic::AtomicBool,
     changed: Notify,
 }
 
 impl OpenRequests {
     fn open(self: &Arc<Self>) -> OpenRequest {
         self.count.fetch_add(1, Ordering::SeqCst);
+        self.served.store(true, Ordering::SeqCst);
         self.changed.notify_waiters();
         OpenRequest(Arc::clone(self))
     }
@@ -98,6 +106,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Where refused connections and streams are counted, under this listener's name.
+    pub refusals: Refusals,
 }
 
 /// Serves `listener` with `handler` until `shutdown` is cancelled, then drains within the grace
@@ -113,8 +123,12 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let builder = Arc::new(builder(&limits));
-    let draining = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        builder: builder(&limits),
+        timeout: limits.header_read_timeout,
+        draining: CancellationToken::new(),
+        refusals: limits.refusals.clone(),
+    });
     let mut connections = JoinSet::new();
 
     loop {
@@ -137,31 +151,77 @@ pub async fn serve<H, F>(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
         let open = Arc::new(OpenRequests::default());
-        let counted = Arc::clone(&open);
-        let service = service_fn(move |req| {
-            let request = counted.open();
-            let response = handler(req);
-            async move {
-                let response = response.await;
-                drop(request);
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let (builder, tls, draining) = (Arc::clone(&builder), tls.clone(), draining.clone());
-        let timeout = limits.header_read_timeout;
+        let service = service(handler.clone(), Arc::clone(&open), shared.refusals.clone());
+        let (shared, tls) = (Arc::clone(&shared), tls.clone());
         connections.spawn(async move {
-            serve_connection(
-                &builder, stream, tls, service, &open, timeout, &draining, peer,
-            )
-            .await;
+            serve_connection(&shared, stream, tls, service, &open, peer).await;
             drop(permit);
         });
     }
 
     drop(listener);
-    drain(connections, draining, limits.shutdown_grace).await;
+    drain(connections, &shared.draining, limits.shutdown_grace).await;
+}
+
+/// What every connection of one listener shares.
+struct Shared {
+    builder: auto::Builder<TokioExecutor>,
+    timeout: Duration,
+    draining: CancellationToken,
+    refusals: Refusals,
+}
+
+/// The handler, with each request counted open while it runs, and HTTP/2 heads held to the
+/// same bounds hyper holds HTTP/1 heads to (h2 itself has no header-count bound).
+fn service<H, F>(
+    handler: H,
+    open: Arc<OpenRequests>,
+    refusals: Refusals,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+> + Send
++ 'static
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    service_fn(move |req: Request<Incoming>| {
+        let request = open.open();
+        let response = if head_too_large(&req) {
+            refusals.count(Refusal::HeadTooLarge);
+            None
+        } else {
+            Some(handler(req))
+        };
+        async move {
+            let response = match response {
+                Some(response) => response.await,
+                // As hyper answers an HTTP/1 head over its bounds: 431, no body.
+                None => {
+                    let mut response = Response::new(Full::new(Bytes::new()));
+                    *response.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                    response
+                }
+            };
+            drop(request);
+            Ok::<_, Infallible>(response)
+        }
+    })
+}
+
+/// An HTTP/2 head over MAX_HEADERS fields or MAX_HEAD_BYTES (counted as h2 counts a header
+/// list). HTTP/1 heads never get here over either: hyper refuses them first.
+fn head_too_large(req: &Request<Incoming>) -> bool {
+    let headers = req.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum();
+    req.version() == Version::HTTP_2 && (headers.len() > MAX_HEADERS || bytes > MAX_HEAD_BYTES)
 }
 
 /// Both protocols, bounded: head size and count, HTTP/1 header-read timeout, HTTP/2 streams,
@@ -187,18 +247,13 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// One accepted connection, TLS handshake included, until it ends, idles out or is drained.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the per-connection parts of one accept, named at the one call site above"
-)]
+/// A connection that ends before any handler ran is counted under its refusal reason, once.
 async fn serve_connection<S>(
-    builder: &auto::Builder<TokioExecutor>,
+    shared: &Shared,
     stream: tokio::net::TcpStream,
     tls: Option<TlsAcceptor>,
     service: S,
     open: &OpenRequests,
-    timeout: Duration,
-    draining: &CancellationToken,
     peer: std::net::SocketAddr,
 ) where
     S: hyper::service::Service<
@@ -209,6 +264,7 @@ async fn serve_connection<S>(
         + 'static,
     S::Future: Send + 'static,
 {
+    let timeout = shared.timeout;
     let io: Box<dyn Io> = match tls {
         None => Box::new(stream),
         // A handshake that does not finish in time holds no slot past the timeout.
@@ -216,15 +272,17 @@ async fn serve_connection<S>(
             Ok(Ok(stream)) => Box::new(stream),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "tls handshake failed");
+                shared.refusals.count(Refusal::TlsHandshake);
                 return;
             }
             Err(_) => {
                 tracing::debug!(%peer, "tls handshake not done before the header-read timeout; closed");
+                shared.refusals.count(Refusal::HeaderTimeout);
                 return;
             }
         },
     };
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let connection = shared.builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     // Idle (no request open) for the timeout: ask the connection to close (HTTP/2
     // GOAWAY; cancels protocol detection, which waits for 24 bytes with no timeout of
@@ -232,6 +290,7 @@ async fn serve_connection<S>(
     // not let go within the timeout is dropped.
     let mut closing = false;
     let mut drop_at: Option<tokio::time::Instant> = None;
+    let mut refused: Option<Refusal> = None;
     loop {
         let hard_close = async {
             match drop_at {
@@ -243,17 +302,23 @@ async fn serve_connection<S>(
             served = connection.as_mut() => {
                 if let Err(e) = served {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    refused = refused.or(Some(Refusal::classify(e.as_ref())));
                 }
                 break;
             }
             () = open.idle_for(timeout), if !closing => {
                 tracing::debug!(%peer, "idle past the header-read timeout; closing");
+                // Never a whole head in time: the same refusal as hyper's own header-read
+                // timeout, whichever of the two fires first.
+                if !open.served.load(Ordering::SeqCst) {
+                    refused = Some(Refusal::HeaderTimeout);
+                }
                 connection.as_mut().graceful_shutdown();
                 closing = true;
                 drop_at = Some(tokio::time::Instant::now() + timeout);
             }
             // The listener's grace period bounds how long this one may take.
-            () = draining.cancelled(), if !closing => {
+            () = shared.draining.cancelled(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
@@ -263,11 +328,14 @@ async fn serve_connection<S>(
             }
         }
     }
+    if let Some(reason) = refused {
+        shared.refusals.count(reason);
+    }
 }
 
 /// After the listener closed: asks every connection to finish, waits up to the grace period,
 /// then closes what is still open.
-async fn drain(mut connections: JoinSet<()>, draining: CancellationToken, grace: Duration) {
+async fn drain(mut connections: JoinSet<()>, draining: &CancellationToken, grace: Duration) {
     let open = connections.len();
     tracing::info!(open, "stopped accepting; draining connections");
     draining.cancel();

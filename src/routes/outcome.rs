@@ -19,7 +19,6 @@ pub enum Outcome {
     MalformedHeader,
     MissingHeader,
     SignatureTooLarge,
-    InvalidFraming,
     InvalidBody,
     TooLarge,
     NotFound,
@@ -31,7 +30,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, so a test can walk them all (a new variant must be added here too).
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 14] = [
         Self::Accepted,
         Self::Duplicate,
         Self::InvalidSignature,
@@ -39,7 +38,6 @@ impl Outcome {
         Self::MalformedHeader,
         Self::MissingHeader,
         Self::SignatureTooLarge,
-        Self::InvalidFraming,
         Self::InvalidBody,
         Self::TooLarge,
         Self::NotFound,
@@ -58,7 +56,6 @@ impl Outcome {
             Self::MalformedHeader => "malformed_header",
             Self::MissingHeader => "missing_header",
             Self::SignatureTooLarge => "signature_too_large",
-            Self::InvalidFraming => "invalid_framing",
             Self::InvalidBody => "invalid_body",
             Self::TooLarge => "too_large",
             Self::NotFound => "not_found",
@@ -74,10 +71,9 @@ impl Outcome {
     pub fn status(self) -> StatusCode {
         match self {
             Self::Accepted | Self::Duplicate => StatusCode::OK,
-            Self::MalformedHeader
-            | Self::MissingHeader
-            | Self::InvalidFraming
-            | Self::InvalidBody => StatusCode::BAD_REQUEST,
+            Self::MalformedHeader | Self::MissingHeader | Self::InvalidBody => {
+                StatusCode::BAD_REQUEST
+            }
             Self::SignatureTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::InvalidSignature | Self::StaleTimestamp => StatusCode::UNAUTHORIZED,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
