@@ -51,6 +51,28 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// is 100; fewer also means less work spent on a request that is then refused.
 const MAX_HEADERS: usize = 64;
 
+/// h2's own cap on a request's header list (name + value + 32 bytes per field, RFC 9113 6.5.2):
+/// twice ours, so a list between the two reaches the service wrapper, which refuses and counts
+/// it like hyper's HTTP/1 431. Past this h2 answers 431 itself, uncounted, and reads no further.
+const H2_MAX_HEADER_LIST: u32 = 2 * MAX_HEAD_BYTES as u32;
+
+/// A stream's receive window: body bytes a peer may send before we read them. A 1 MiB body
+/// then arrives in 16 window round trips, milliseconds on any link the relay runs on; and a
+/// delivery refused before its body is read (signature, budget) leaves at most this buffered.
+/// Setting it also turns off hyper's adaptive window, which would grow it up to 16 MiB.
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+/// All streams of one connection together: what HTTP/2 buffers outside the body budget is at
+/// most this per connection (README, "Limits"). Two full stream windows, so a proxy's second
+/// delivery is not stalled behind the first.
+const H2_CONNECTION_WINDOW: u32 = 128 * 1024;
+/// Streams the peer resets before we accepted them: a proxy cancelling every stream it has open
+/// (the cap, 8) is normal; more is the rapid-reset attack (CVE-2023-44487), answered with
+/// GOAWAY ENHANCE_YOUR_CALM. h2's default is 20.
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 2 * H2_MAX_STREAMS as usize;
+/// Streams we reset for the peer's errors (a head over the cap, a stream over the cap): a peer
+/// that keeps earning resets is not 0Gate or its proxy. hyper's default is 1,024.
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 64;
+
 /// Plain TCP or TLS, so both are served by one code path.
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
@@ -225,7 +247,7 @@ fn head_too_large(req: &Request<Incoming>) -> bool {
 }
 
 /// Both protocols, bounded: head size and count, HTTP/1 header-read timeout, HTTP/2 streams,
-/// header list and keep-alive.
+/// flow-control windows, header list, resets and keep-alive.
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -237,10 +259,14 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        // Bounds what one HTTP/2 connection can hold: streams (each buffering up to
-        // max_body_bytes), header bytes, and how long a dead peer keeps its slot.
+        // Bounds what one HTTP/2 connection can hold: streams, body bytes not yet read, header
+        // bytes, resets, and how long a dead peer keeps its slot.
         .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).expect("16 KiB fits in u32"))
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
         .keep_alive_interval(Some(H2_KEEP_ALIVE))
         .keep_alive_timeout(H2_KEEP_ALIVE);
     builder
