@@ -1,5 +1,6 @@
 //! The HTTP edge against hostile connections rather than hostile requests: HTTP/2 heads over
-//! the bounds, floods of reset streams, the per-connection stream cap. Each either gets a clear refusal (counted) or is
+//! the bounds, floods of reset streams, the per-connection stream cap, a peer that never reads
+//! its responses, and HTTP/1.1 pipelining. Each either gets a clear refusal (counted) or is
 //! served exactly once, and the relay keeps serving.
 //!
 //! The HTTP/2 cases write frames by hand where a well-behaved client (hyper's) would refuse to
@@ -21,6 +22,7 @@ const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const GOAWAY: u8 = 0x7;
 const WINDOW_UPDATE: u8 = 0x8;
+const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 /// RFC 9113 7: error codes.
 const CANCEL: u32 = 0x8;
@@ -267,6 +269,90 @@ async fn an_h2_connection_holds_at_most_eight_streams_open() {
         app.metric("gate_relay_requests_in_flight", &[]) == 0.0
     })
     .await;
+    app.stop().await;
+    app.topology.delete().await;
+}
+
+#[tokio::test]
+async fn an_h2_peer_that_never_reads_its_responses_loses_its_slot_within_twice_the_header_read_timeout()
+ {
+    let mut app = TestApp::spawn(
+        "h2slowreader",
+        Options {
+            max_connections: 1,
+            header_read_timeout_ms: 300,
+            ..Options::default()
+        },
+    )
+    .await;
+    // A receive window of 0: the server can send the response head but never its body, so the
+    // stream never ends while the connection holds the only slot.
+    let mut reader = raw_h2(&app, &[(0x4, 0)]).await;
+    let block = request_block(2, "/unknown", &[]);
+    reader
+        .write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block))
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let reply = app
+        .post_event(&event_body(&unique("evt"), "gate_session.completed"))
+        .await;
+    assert_eq!(reply.status, 200);
+    // Closed when idle (300 ms), dropped if still not done after as long again; 5 s leaves a
+    // loaded machine room and is far below "never".
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let closed = tokio::time::timeout(support::WAIT, async {
+        while next_frame(&mut reader).await.is_some() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the slow reader is still connected");
+    app.stop().await;
+    app.topology.delete().await;
+}
+
+#[tokio::test]
+async fn pipelined_http1_deliveries_on_one_connection_are_each_answered_and_published_once() {
+    let mut app = TestApp::spawn("pipeline", Options::default()).await;
+    let ids: Vec<String> = (0..3).map(|_| unique("evt")).collect();
+    let mut requests = Vec::new();
+    for id in &ids {
+        let body = event_body(id, "gate_session.completed");
+        let signature = sign(SECRET, now(), body.as_bytes());
+        requests.extend(
+            format!(
+                "POST {PATH} HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\n\
+                 gate-signature: {signature}\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        );
+    }
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    stream.write_all(&requests).await.expect("write");
+    let mut answers = String::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        while answers.matches("\"event_id\"").count() < ids.len() {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answers.push_str(&String::from_utf8_lossy(&chunk[..n])),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(support::WAIT, read).await;
+    assert_eq!(answers.matches("HTTP/1.1 200").count(), 3, "{answers}");
+    for id in &ids {
+        assert_eq!(answers.matches(id.as_str()).count(), 1, "{id}: {answers}");
+    }
+    let mut published = app.topology.message_ids(Duration::from_millis(500)).await;
+    published.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(published, expected, "each published once");
     app.stop().await;
     app.topology.delete().await;
 }
