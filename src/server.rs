@@ -328,7 +328,15 @@ async fn serve_connection<S>(
             served = connection.as_mut() => {
                 if let Err(e) = served {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    refused = refused.or(Some(Refusal::classify(e.as_ref())));
+                    let reason = Refusal::classify(e.as_ref());
+                    // hyper's header-read timer also runs while a kept-alive HTTP/1 connection
+                    // waits for its next request, racing the idle timer above: after a request,
+                    // its timeout is an idle connection expiring, not a refusal.
+                    let idle_expiry =
+                        reason == Refusal::HeaderTimeout && open.served.load(Ordering::SeqCst);
+                    if !idle_expiry {
+                        refused = refused.or(Some(reason));
+                    }
                 }
                 break;
             }

@@ -356,3 +356,41 @@ async fn pipelined_http1_deliveries_on_one_connection_are_each_answered_and_publ
     app.stop().await;
     app.topology.delete().await;
 }
+
+#[tokio::test]
+async fn kept_alive_http1_connections_that_expire_idle_are_not_counted_as_refused() {
+    let mut app = TestApp::spawn(
+        "keepalive",
+        Options {
+            header_read_timeout_ms: 300,
+            ..Options::default()
+        },
+    )
+    .await;
+    // Ten connections each get an answer, then wait for their next request until the relay
+    // closes them: hyper's header-read timer and the idle timer expire in the same instant,
+    // and which one the connection sees first is chance, so ten make the race show.
+    let mut connections = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let addr = app.addr;
+        connections.spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            stream
+                .write_all(b"GET /unknown HTTP/1.1\r\nhost: relay\r\n\r\n")
+                .await
+                .expect("write");
+            let mut rest = Vec::new();
+            let closed = tokio::time::timeout(support::WAIT, stream.read_to_end(&mut rest)).await;
+            assert!(closed.is_ok(), "still open after {:?}", support::WAIT);
+            String::from_utf8_lossy(&rest).into_owned()
+        });
+    }
+    while let Some(answer) = connections.join_next().await {
+        let answer = answer.expect("connection task");
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer:?}");
+    }
+    // A refusal is counted before the connection's socket is dropped, so before the EOF above.
+    assert_eq!(refused(&app, "header_timeout"), 0.0);
+    app.stop().await;
+    app.topology.delete().await;
+}
