@@ -291,22 +291,8 @@ async fn serve_connection<S>(
     S::Future: Send + 'static,
 {
     let timeout = shared.timeout;
-    let io: Box<dyn Io> = match tls {
-        None => Box::new(stream),
-        // A handshake that does not finish in time holds no slot past the timeout.
-        Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => Box::new(stream),
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "tls handshake failed");
-                shared.refusals.count(Refusal::TlsHandshake);
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "tls handshake not done before the header-read timeout; closed");
-                shared.refusals.count(Refusal::HeaderTimeout);
-                return;
-            }
-        },
+    let Some(io) = handshake(shared, stream, tls, peer).await else {
+        return;
     };
     let connection = shared.builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
@@ -364,6 +350,32 @@ async fn serve_connection<S>(
     }
     if let Some(reason) = refused {
         shared.refusals.count(reason);
+    }
+}
+
+/// Plain TCP as it is; TLS once its handshake finished within the header-read timeout (a
+/// handshake that does not holds no slot past it). A failed one is counted and ends here.
+async fn handshake(
+    shared: &Shared,
+    stream: tokio::net::TcpStream,
+    tls: Option<TlsAcceptor>,
+    peer: std::net::SocketAddr,
+) -> Option<Box<dyn Io>> {
+    let Some(acceptor) = tls else {
+        return Some(Box::new(stream));
+    };
+    match tokio::time::timeout(shared.timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(Box::new(stream)),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "tls handshake failed");
+            shared.refusals.count(Refusal::TlsHandshake);
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "tls handshake not done before the header-read timeout; closed");
+            shared.refusals.count(Refusal::HeaderTimeout);
+            None
+        }
     }
 }
 

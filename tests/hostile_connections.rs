@@ -1,6 +1,6 @@
 //! The HTTP edge against hostile connections rather than hostile requests: HTTP/2 heads over
 //! the bounds, floods of reset streams, the per-connection stream cap, a peer that never reads
-//! its responses, and HTTP/1.1 pipelining. Each either gets a clear refusal (counted) or is
+//! its responses, heads never finished, idle kept-alive connections, and HTTP/1.1 pipelining. Each either gets a clear refusal (counted) or is
 //! served exactly once, and the relay keeps serving.
 //!
 //! The HTTP/2 cases write frames by hand where a well-behaved client (hyper's) would refuse to
@@ -391,6 +391,37 @@ async fn kept_alive_http1_connections_that_expire_idle_are_not_counted_as_refuse
     }
     // A refusal is counted before the connection's socket is dropped, so before the EOF above.
     assert_eq!(refused(&app, "header_timeout"), 0.0);
+    app.stop().await;
+    app.topology.delete().await;
+}
+
+#[tokio::test]
+async fn a_head_not_finished_before_the_header_read_timeout_is_closed_and_counted() {
+    let mut app = TestApp::spawn(
+        "headtimeout",
+        Options {
+            header_read_timeout_ms: 300,
+            ..Options::default()
+        },
+    )
+    .await;
+    // One connection sends nothing, one half a head; neither ever reaches a handler.
+    let silent = TcpStream::connect(app.addr).await.expect("connect");
+    let mut partial = TcpStream::connect(app.addr).await.expect("connect");
+    partial
+        .write_all(format!("POST {PATH} HTTP/1.1\r\nhost: relay\r\n").as_bytes())
+        .await
+        .expect("write");
+    for mut stream in [silent, partial] {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(support::WAIT, stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "still open after {:?}", support::WAIT);
+    }
+    support::eventually("both closes are counted", || {
+        refused(&app, "header_timeout") == 2.0
+    })
+    .await;
+    assert_eq!(app.metric("gate_relay_requests_total", &[]), 0.0);
     app.stop().await;
     app.topology.delete().await;
 }

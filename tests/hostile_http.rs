@@ -477,34 +477,3 @@ async fn a_body_trickled_byte_by_byte_ends_at_the_request_deadline() {
     app.stop().await;
     app.topology.delete().await;
 }
-
-#[tokio::test]
-async fn a_head_not_finished_before_the_header_read_timeout_is_closed_and_counted() {
-    let mut app = TestApp::spawn(
-        "headtimeout",
-        Options {
-            header_read_timeout_ms: 300,
-            ..Options::default()
-        },
-    )
-    .await;
-    // One connection sends nothing, one half a head; neither ever reaches a handler.
-    let silent = TcpStream::connect(app.addr).await.expect("connect");
-    let mut partial = TcpStream::connect(app.addr).await.expect("connect");
-    partial
-        .write_all(format!("POST {PATH} HTTP/1.1\r\nhost: relay\r\n").as_bytes())
-        .await
-        .expect("write");
-    for mut stream in [silent, partial] {
-        let mut rest = Vec::new();
-        let closed = tokio::time::timeout(support::WAIT, stream.read_to_end(&mut rest)).await;
-        assert!(closed.is_ok(), "still open after {:?}", support::WAIT);
-    }
-    support::eventually("both closes are counted", || {
-        refused(&app, "header_timeout") == 2.0
-    })
-    .await;
-    assert_eq!(app.metric("gate_relay_requests_total", &[]), 0.0);
-    app.stop().await;
-    app.topology.delete().await;
-}
