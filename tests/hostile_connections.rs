@@ -115,6 +115,29 @@ fn error_code(payload: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(payload[at..at + 4].try_into().expect("4 bytes"))
 }
 
+/// Reads until the relay closes `stream` (bounded by [`support::WAIT`]); what arrived.
+async fn read_until_closed(mut stream: TcpStream) -> String {
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(support::WAIT, stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "still open after {:?}", support::WAIT);
+    String::from_utf8_lossy(&rest).into_owned()
+}
+
+/// A fresh signed delivery gets 200 within 5 s: far below "never" (a slot held for good),
+/// with room for a loaded machine.
+async fn still_serving(app: &TestApp) {
+    let started = Instant::now();
+    let reply = app
+        .post_event(&event_body(&unique("evt"), "gate_session.completed"))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// An HTTP/2 connection through hyper's client.
 async fn h2_client(app: &TestApp) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
     let tcp = TcpStream::connect(app.addr).await.expect("connect");
@@ -221,12 +244,7 @@ async fn a_flood_of_h2_streams_reset_right_after_opening_is_cut_off_and_the_rela
         refused(&app, "protocol_error") == 1.0
     })
     .await;
-    let started = Instant::now();
-    let reply = app
-        .post_event(&event_body(&unique("evt"), "gate_session.completed"))
-        .await;
-    assert_eq!(reply.status, 200);
-    assert!(started.elapsed() < Duration::from_secs(5));
+    still_serving(&app).await;
     app.stop().await;
     app.topology.delete().await;
 }
@@ -293,18 +311,8 @@ async fn an_h2_peer_that_never_reads_its_responses_loses_its_slot_within_twice_t
         .write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block))
         .await
         .expect("write");
-    let started = Instant::now();
-    let reply = app
-        .post_event(&event_body(&unique("evt"), "gate_session.completed"))
-        .await;
-    assert_eq!(reply.status, 200);
-    // Closed when idle (300 ms), dropped if still not done after as long again; 5 s leaves a
-    // loaded machine room and is far below "never".
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    // Closed when idle (300 ms), dropped if still not done after as long again.
+    still_serving(&app).await;
     let closed = tokio::time::timeout(support::WAIT, async {
         while next_frame(&mut reader).await.is_some() {}
     })
@@ -379,10 +387,7 @@ async fn kept_alive_http1_connections_that_expire_idle_are_not_counted_as_refuse
                 .write_all(b"GET /unknown HTTP/1.1\r\nhost: relay\r\n\r\n")
                 .await
                 .expect("write");
-            let mut rest = Vec::new();
-            let closed = tokio::time::timeout(support::WAIT, stream.read_to_end(&mut rest)).await;
-            assert!(closed.is_ok(), "still open after {:?}", support::WAIT);
-            String::from_utf8_lossy(&rest).into_owned()
+            read_until_closed(stream).await
         });
     }
     while let Some(answer) = connections.join_next().await {
@@ -412,10 +417,8 @@ async fn a_head_not_finished_before_the_header_read_timeout_is_closed_and_counte
         .write_all(format!("POST {PATH} HTTP/1.1\r\nhost: relay\r\n").as_bytes())
         .await
         .expect("write");
-    for mut stream in [silent, partial] {
-        let mut rest = Vec::new();
-        let closed = tokio::time::timeout(support::WAIT, stream.read_to_end(&mut rest)).await;
-        assert!(closed.is_ok(), "still open after {:?}", support::WAIT);
+    for stream in [silent, partial] {
+        read_until_closed(stream).await;
     }
     support::eventually("both closes are counted", || {
         refused(&app, "header_timeout") == 2.0
