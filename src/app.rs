@@ -22,7 +22,7 @@ use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::publisher::{BrokerStatus, Publisher};
 use crate::routes::Routes;
-use crate::server::{self, Limits};
+use crate::server::{self, Limits, Refusals};
 use crate::store::{Retention, Store, StoreError};
 use crate::tls::{ServerTls, TlsError};
 
@@ -126,9 +126,11 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppE
         max_connections: config.server.max_connections,
         header_read_timeout: config.server.header_read_timeout,
         shutdown_grace: config.server.shutdown_grace,
+        refusals: Refusals::new("webhook", shared.metrics.connections_refused.clone()),
     };
     let admin_limits = Limits {
         max_connections: ADMIN_MAX_CONNECTIONS,
+        refusals: Refusals::new("admin", shared.metrics.connections_refused.clone()),
         ..webhook_limits.clone()
     };
     let retention = Retention {

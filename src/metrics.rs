@@ -42,6 +42,8 @@ pub struct Metrics {
     pub events_parked: IntGauge,
     pub events_parked_total: IntCounter,
     pub body_bytes_in_flight: IntGauge,
+    /// Connections and HTTP/2 streams hyper or the edge ended before (or outside) a handler.
+    pub connections_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -54,6 +56,58 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))
         .expect("the process collector is registered once");
+        let http = Http::new(&r);
+        let outbox = Outbox::new(&r);
+        let amqp = Amqp::new(&r);
+        let store = Store::new(&r);
+        Self {
+            requests: http.requests,
+            request_duration: http.request_duration,
+            signature_skew: http.signature_skew,
+            secret_matches: http.secret_matches,
+            requests_in_flight: http.requests_in_flight,
+            body_bytes_in_flight: http.body_bytes_in_flight,
+            connections_refused: http.connections_refused,
+            outbox_events: outbox.events,
+            outbox_bytes: outbox.bytes,
+            outbox_oldest_age: outbox.oldest_age,
+            events_parked: outbox.parked,
+            events_parked_total: outbox.parked_total,
+            publishes: amqp.publishes,
+            publish_confirm: amqp.confirm,
+            amqp_connected: amqp.connected,
+            amqp_reconnects: amqp.reconnects,
+            store_size: store.size,
+            store_flush: store.flush,
+            events_stored: store.events,
+            store_recreated: store.recreated,
+            registry: r.0,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("writing to a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// The webhook edge: requests, signatures, what deliveries hold while handled.
+struct Http {
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    signature_skew: Histogram,
+    secret_matches: IntCounterVec,
+    requests_in_flight: IntGauge,
+    body_bytes_in_flight: IntGauge,
+    connections_refused: IntCounterVec,
+}
+
+impl Http {
+    fn new(r: &Registering) -> Self {
         Self {
             requests: r.counter_vec(
                 "gate_relay_requests_total",
@@ -76,80 +130,121 @@ impl Metrics {
                 "Verified deliveries by endpoint and position of the matching secret.",
                 &["endpoint", "secret"],
             ),
-            outbox_events: r.gauge(
-                "gate_relay_outbox_events",
-                "Events stored and not yet confirmed by the broker.",
-            ),
-            outbox_bytes: r.gauge(
-                "gate_relay_outbox_bytes",
-                "Body bytes of the events in the outbox.",
-            ),
-            outbox_oldest_age: r.gauge(
-                "gate_relay_outbox_oldest_age_seconds",
-                "Age of the oldest event still in the outbox (0 when empty).",
-            ),
-            publishes: r.counter_vec(
-                "gate_relay_publish_total",
-                "Publish attempts by result: ack, nack, returned, error, timeout.",
-                &["result"],
-            ),
-            publish_confirm: r.histogram(
-                "gate_relay_publish_confirm_seconds",
-                "Time from publish to broker confirm.",
-                LATENCY_BUCKETS,
-            ),
-            amqp_connected: r.gauge(
-                "gate_relay_amqp_connected",
-                "1 when the broker connection and confirm channel are up.",
-            ),
-            amqp_reconnects: r.counter(
-                "gate_relay_amqp_reconnects_total",
-                "Broker connections opened after the first.",
-            ),
-            store_size: r.gauge(
-                "gate_relay_store_size_bytes",
-                "Bytes the sled store takes on disk.",
-            ),
-            store_flush: r.histogram(
-                "gate_relay_store_flush_seconds",
-                "Duration of one group-commit round (sled flush plus fsync).",
-                LATENCY_BUCKETS,
-            ),
-            events_stored: r.gauge(
-                "gate_relay_events_stored",
-                "Dedupe records held (pending and published).",
-            ),
-            store_recreated: r.gauge(
-                "gate_relay_store_recreated",
-                "1 when this start found the store missing but its marker present: a store was lost.",
-            ),
             requests_in_flight: r.gauge(
                 "gate_relay_requests_in_flight",
                 "Deliveries being handled now (bounded by server.max_connections).",
-            ),
-            events_parked: r.gauge(
-                "gate_relay_events_parked",
-                "Events the broker refused past the attempt bound, waiting for an operator.",
-            ),
-            events_parked_total: r.counter(
-                "gate_relay_events_parked_total",
-                "Events parked since start.",
             ),
             body_bytes_in_flight: r.gauge(
                 "gate_relay_body_bytes_in_flight",
                 "Body bytes reserved by requests being read or handled (bounded by server.max_body_bytes_in_flight).",
             ),
-            registry: r.0,
+            connections_refused: r.counter_vec(
+                "gate_relay_connections_refused_total",
+                "Connections and HTTP/2 streams refused or broken outside any handler (hyper's own 431 and 400, header-read timeouts, TLS and protocol errors), by listener and reason.",
+                &["listener", "reason"],
+            ),
         }
     }
+}
 
-    /// The text exposition format.
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("writing to a Vec cannot fail");
-        String::from_utf8(out).expect("the text format is UTF-8")
+/// Events kept and not yet published, parked ones included.
+struct Outbox {
+    events: IntGauge,
+    bytes: IntGauge,
+    oldest_age: IntGauge,
+    parked: IntGauge,
+    parked_total: IntCounter,
+}
+
+impl Outbox {
+    fn new(r: &Registering) -> Self {
+        Self {
+            events: r.gauge(
+                "gate_relay_outbox_events",
+                "Events stored and not yet confirmed by the broker.",
+            ),
+            bytes: r.gauge(
+                "gate_relay_outbox_bytes",
+                "Body bytes of the events in the outbox.",
+            ),
+            oldest_age: r.gauge(
+                "gate_relay_outbox_oldest_age_seconds",
+                "Age of the oldest event still in the outbox (0 when empty).",
+            ),
+            parked: r.gauge(
+                "gate_relay_events_parked",
+                "Events the broker refused past the attempt bound, waiting for an operator.",
+            ),
+            parked_total: r.counter(
+                "gate_relay_events_parked_total",
+                "Events parked since start.",
+            ),
+        }
+    }
+}
+
+/// The broker connection and what it confirmed.
+struct Amqp {
+    publishes: IntCounterVec,
+    confirm: Histogram,
+    connected: IntGauge,
+    reconnects: IntCounter,
+}
+
+impl Amqp {
+    fn new(r: &Registering) -> Self {
+        Self {
+            publishes: r.counter_vec(
+                "gate_relay_publish_total",
+                "Publish attempts by result: ack, nack, returned, error, timeout.",
+                &["result"],
+            ),
+            confirm: r.histogram(
+                "gate_relay_publish_confirm_seconds",
+                "Time from publish to broker confirm.",
+                LATENCY_BUCKETS,
+            ),
+            connected: r.gauge(
+                "gate_relay_amqp_connected",
+                "1 when the broker connection and confirm channel are up.",
+            ),
+            reconnects: r.counter(
+                "gate_relay_amqp_reconnects_total",
+                "Broker connections opened after the first.",
+            ),
+        }
+    }
+}
+
+/// The sled store on disk.
+struct Store {
+    size: IntGauge,
+    flush: Histogram,
+    events: IntGauge,
+    recreated: IntGauge,
+}
+
+impl Store {
+    fn new(r: &Registering) -> Self {
+        Self {
+            size: r.gauge(
+                "gate_relay_store_size_bytes",
+                "Bytes the sled store takes on disk.",
+            ),
+            flush: r.histogram(
+                "gate_relay_store_flush_seconds",
+                "Duration of one group-commit round (sled flush plus fsync).",
+                LATENCY_BUCKETS,
+            ),
+            events: r.gauge(
+                "gate_relay_events_stored",
+                "Dedupe records held (pending and published).",
+            ),
+            recreated: r.gauge(
+                "gate_relay_store_recreated",
+                "1 when this start found the store missing but its marker present: a store was lost.",
+            ),
+        }
     }
 }
 

@@ -63,6 +63,15 @@ fn outcome(app: &TestApp, outcome: &str) -> f64 {
     app.metric("gate_relay_requests_total", &[("outcome", outcome)])
 }
 
+/// Connections (or HTTP/2 streams) on the webhook listener that hyper refused before a handler
+/// ran, for `reason`.
+fn refused(app: &TestApp, reason: &str) -> f64 {
+    app.metric(
+        "gate_relay_connections_refused_total",
+        &[("listener", "webhook"), ("reason", reason)],
+    )
+}
+
 #[tokio::test]
 async fn a_missing_malformed_or_stale_signature_is_refused_before_the_body_is_read() {
     let mut app = TestApp::spawn("early", Options::default()).await;
@@ -202,6 +211,12 @@ async fn oversized_or_too_many_request_headers_are_refused_with_431_on_http1() {
             &response[..response.len().min(200)]
         );
     }
+    // hyper answers these itself, so only the connection's end can count them.
+    support::eventually("both 431s are counted", || {
+        refused(&app, "head_too_large") == 2.0
+    })
+    .await;
+    assert_eq!(outcome(&app, "accepted"), 0.0, "no handler ran");
     assert_eq!(
         app.post_event(&event_body(&unique("evt"), "t"))
             .await
@@ -372,6 +387,10 @@ async fn odd_framing_is_refused_and_never_queued() {
             &request[..request.len().min(300)]
         );
     }
+    support::eventually("both framing 400s are counted", || {
+        refused(&app, "bad_request") == 2.0
+    })
+    .await;
     assert_eq!(app.topology.queue_len().await, 0);
     assert_eq!(app.post_event(&body).await.status, 200, "still serving");
     app.stop().await;

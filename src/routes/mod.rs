@@ -2,7 +2,7 @@
 //! outcomes become HTTP responses (`outcome` classifies errors into them).
 //!
 //! Owns: body limits (Content-Length checked before reading, enforced while reading), the
-//! pre-body checks (framing, and `Gate-Signature` present, within its size cap, well formed and
+//! pre-body checks (`Gate-Signature` present, within its size cap, well formed and
 //! fresh: a sender without a plausible header makes us buffer nothing), the shared budget of body
 //! bytes in flight (reserved by Content-Length before reading, or chunk by chunk), the request
 //! deadline, request ids, the per-request log line and request metrics. Does not own: what makes a
@@ -220,8 +220,11 @@ impl Routes {
     }
 
     /// Everything about the request that needs no body, before reading a byte of it (and before
-    /// `Expect: 100-continue` is answered, which hyper does when the body is polled): framing,
-    /// the declared length, and a plausible `Gate-Signature`.
+    /// `Expect: 100-continue` is answered, which hyper does when the body is polled): the
+    /// declared length and a plausible `Gate-Signature`. Framing is hyper's: it refuses a
+    /// transfer coding other than chunked and conflicting lengths (400), and drops
+    /// Content-Length whenever Transfer-Encoding is present (h1 role.rs; h2 refuses
+    /// Transfer-Encoding outright), so a handler never sees both.
     #[expect(
         clippy::result_large_err,
         reason = "once per request, moved straight into the response; boxing buys nothing"
@@ -232,16 +235,6 @@ impl Routes {
         endpoint: &Endpoint,
         received_at: SystemTime,
     ) -> Result<Head, Answer> {
-        // Both framings at once is how requests are smuggled past a proxy that reads the other
-        // one; hyper would follow chunked, but the request is ambiguous, so refuse it.
-        if headers.contains_key(header::TRANSFER_ENCODING)
-            && headers.contains_key(header::CONTENT_LENGTH)
-        {
-            return Err(Answer {
-                detail: Some("both content-length and transfer-encoding".to_owned()),
-                ..self.simple(Outcome::InvalidFraming)
-            });
-        }
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
