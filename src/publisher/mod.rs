@@ -2,7 +2,8 @@
 //!
 //! Owns: one broker connection with one confirm-mode channel, the exchange declaration, a window
 //! of publishes in flight, and reconnecting. Does not own: which events exist (`store`) or who
-//! waits for them (`confirmations`). Knows only lapin and the store's API.
+//! waits for them (`confirmations`). Knows only lapin and its view of the store
+//! (`store::PublisherView`).
 //!
 //! Guarantees:
 //! - Every message is persistent (`delivery_mode = 2`), `mandatory`, with `message_id` = event id

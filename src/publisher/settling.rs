@@ -197,3 +197,22 @@ impl Publisher {
         tracing::info!(waiting, "publisher drained");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_confirm_that_came_and_acked_is_an_ack() {
+        let cases = [
+            (Some(Ok(Confirmation::Ack(None))), PublishResult::Ack),
+            (Some(Ok(Confirmation::Nack(None))), PublishResult::Nack),
+            // Confirms are always requested; a publish that was not confirmed is not an ack.
+            (Some(Ok(Confirmation::NotRequested)), PublishResult::Nack),
+            (None, PublishResult::Timeout),
+        ];
+        for (outcome, want) in cases {
+            assert_eq!(confirm_outcome(outcome), (want, None));
+        }
+    }
+}
