@@ -17,13 +17,13 @@ use hyper::body::Incoming;
 
 use sha2::{Digest, Sha256};
 
-use crate::admin_api::{Acted, Depth, EventPage, EventView, OutboxView};
+use crate::admin_api::{Acted, Depth, ErrorBody, EventPage, EventView, OutboxView};
 use crate::config::Secret;
 use crate::event::EventId;
 use crate::metrics::Metrics;
 use crate::publisher::BrokerStatus;
 use crate::store::{
-    DropOutcome, EventKey, EventRecord, EventState, ListFilter, Replay, Store, StoreError,
+    AdminView, DropOutcome, EventKey, EventRecord, EventState, ListFilter, Replay, StoreError,
 };
 
 /// Page size when a listing names none, and the most one page may hold.
@@ -32,7 +32,7 @@ const MAX_LIST_LIMIT: usize = 1_000;
 
 #[derive(Debug)]
 pub struct Admin {
-    pub store: Arc<Store>,
+    pub store: AdminView,
     pub broker: Arc<BrokerStatus>,
     pub metrics: Metrics,
     pub draining: Arc<AtomicBool>,
@@ -66,7 +66,23 @@ fn json(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes
 }
 
 fn error(status: StatusCode, code: &str) -> Response<Full<Bytes>> {
-    json(status, &serde_json::json!({ "error": code }))
+    json(
+        status,
+        &ErrorBody {
+            error: code.to_owned(),
+        },
+    )
+}
+
+/// What an operator's action did to one event (`queued`, `dropped`).
+fn acted(status: StatusCode, done: &str, event_id: String) -> Response<Full<Bytes>> {
+    json(
+        status,
+        &Acted {
+            status: done.to_owned(),
+            event_id,
+        },
+    )
 }
 
 /// `%XX` decoding for path segments and query values; `+` is a space only in queries.
@@ -358,17 +374,15 @@ impl Admin {
             Replay::Queued | Replay::AlreadyPending => {
                 let already_pending = outcome == Replay::AlreadyPending;
                 tracing::info!(event_id, already_pending, "replay queued");
-                Ok(json(
-                    StatusCode::ACCEPTED,
-                    &Acted {
-                        status: "queued".to_owned(),
-                        event_id,
-                    },
-                ))
+                Ok(acted(StatusCode::ACCEPTED, "queued", event_id))
             }
             Replay::NotFound => Err(fail(StatusCode::NOT_FOUND, "not_found")),
             Replay::BodyPruned => Err(fail(StatusCode::GONE, "body_pruned")),
-            Replay::Corrupt => Err(fail(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_record")),
+            Replay::Corrupt => {
+                // The response says only `corrupt_record`; which record goes to the log.
+                tracing::error!(event_id, "replay found the stored record unreadable");
+                Err(fail(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_record"))
+            }
         }
     }
 
@@ -388,13 +402,7 @@ impl Admin {
         match outcome {
             DropOutcome::Dropped => {
                 tracing::warn!(event_id, "parked event dropped by an operator");
-                Ok(json(
-                    StatusCode::OK,
-                    &Acted {
-                        status: "dropped".to_owned(),
-                        event_id,
-                    },
-                ))
+                Ok(acted(StatusCode::OK, "dropped", event_id))
             }
             DropOutcome::NotParked => Err(fail(StatusCode::CONFLICT, "not_parked")),
             DropOutcome::NotFound => Err(fail(StatusCode::NOT_FOUND, "not_found")),

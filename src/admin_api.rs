@@ -66,6 +66,13 @@ pub struct Acted {
     pub event_id: String,
 }
 
+/// Every non-2xx answer of the admin API: a short, stable code (`not_found`, `body_pruned`…);
+/// details go to the relay's log. Extra fields are ignored when reading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
 /// One environment's share of the outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Depth {

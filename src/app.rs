@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::publisher::{BrokerStatus, Publisher};
 use crate::routes::Routes;
 use crate::server::{self, Limits, Refusals};
-use crate::store::{Retention, Store, StoreError};
+use crate::store::{AdminView, IngestView, PublisherView, Retention, Store, StoreError};
 use crate::tls::{ServerTls, TlsError};
 
 /// Retention is in days; a pass a minute keeps each pass small.
@@ -97,26 +97,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, AppE
         .map(ServerTls::load)
         .transpose()?
         .map(Arc::new);
-    let store_config = config.store.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_config))
-        .await
-        .map_err(|_| StoreError::Closed)??;
-    let shared = Shared {
-        store: Arc::new(store),
-        metrics: Metrics::new(),
-        broker: Arc::new(BrokerStatus::default()),
-        confirmations: Arc::new(Confirmations::default()),
-        draining: Arc::new(AtomicBool::new(false)),
-    };
+    let shared = Shared::open(&config).await?;
     let store = &shared.store;
-    shared
-        .metrics
-        .store_recreated
-        .set(i64::from(store.recreated()));
     let routes = webhook_routes(&config, &shared);
     let admin = admin_api(&config, &shared);
     let publisher = Publisher::new(
-        Arc::clone(store),
+        PublisherView::new(Arc::clone(store)),
         Arc::clone(&shared.confirmations),
         Arc::clone(&shared.broker),
         shared.metrics.clone(),
@@ -182,15 +168,35 @@ struct Shared {
     draining: Arc<AtomicBool>,
 }
 
+impl Shared {
+    /// Opens the store (on a blocking thread: opening repairs the outbox and fsyncs) and the state
+    /// built around it.
+    async fn open(config: &Config) -> Result<Self, AppError> {
+        let store_config = config.store.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&store_config))
+            .await
+            .map_err(|_| StoreError::Closed)??;
+        let metrics = Metrics::new();
+        metrics.store_recreated.set(i64::from(store.recreated()));
+        Ok(Self {
+            store: Arc::new(store),
+            metrics,
+            broker: Arc::new(BrokerStatus::default()),
+            confirmations: Arc::new(Confirmations::default()),
+            draining: Arc::new(AtomicBool::new(false)),
+        })
+    }
+}
+
 fn webhook_routes(config: &Config, shared: &Shared) -> Arc<Routes> {
-    let ingest = Ingest::new(
-        Arc::clone(&shared.store),
-        Arc::clone(&shared.confirmations),
-        Arc::clone(&shared.broker),
-        shared.metrics.clone(),
-        config.delivery.ack,
-        config.delivery.confirm_timeout,
-    );
+    let ingest = Ingest {
+        store: IngestView::new(Arc::clone(&shared.store)),
+        confirmations: Arc::clone(&shared.confirmations),
+        broker: Arc::clone(&shared.broker),
+        metrics: shared.metrics.clone(),
+        ack: config.delivery.ack,
+        confirm_timeout: config.delivery.confirm_timeout,
+    };
     Routes::new(
         &config.endpoints,
         ingest,
@@ -207,7 +213,7 @@ fn webhook_routes(config: &Config, shared: &Shared) -> Arc<Routes> {
 
 fn admin_api(config: &Config, shared: &Shared) -> Arc<Admin> {
     Arc::new(Admin {
-        store: Arc::clone(&shared.store),
+        store: AdminView::new(Arc::clone(&shared.store)),
         broker: Arc::clone(&shared.broker),
         metrics: shared.metrics.clone(),
         draining: Arc::clone(&shared.draining),

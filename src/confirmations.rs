@@ -49,7 +49,8 @@ impl Confirmations {
         }
     }
 
-    /// Requests currently waiting, for tests and diagnostics.
+    /// Requests currently waiting, for tests.
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.lock().values().map(Vec::len).sum()
     }

@@ -20,7 +20,7 @@ use crate::event::{Envelope, EnvelopeError, EventId};
 use crate::metrics::Metrics;
 use crate::publisher::{BROKER_DOWN_FAIL_FAST, BrokerStatus};
 use crate::signature::{self, SignatureError};
-use crate::store::{Admission, EventKey, NewEvent, Store, StoreError, unix_ms};
+use crate::store::{Admission, EventKey, IngestView, NewEvent, StoreError, unix_ms};
 
 /// One delivery as the transport hands it over.
 #[derive(Debug)]
@@ -84,14 +84,16 @@ impl<E: Into<IngestError>> From<E> for Rejected {
     }
 }
 
+/// The use case's dependencies, built by the wiring (`app`).
 #[derive(Debug, Clone)]
 pub struct Ingest {
-    store: Arc<Store>,
-    confirmations: Arc<Confirmations>,
-    broker: Arc<BrokerStatus>,
-    metrics: Metrics,
-    ack: AckMode,
-    confirm_timeout: Duration,
+    pub(crate) store: IngestView,
+    pub(crate) confirmations: Arc<Confirmations>,
+    pub(crate) broker: Arc<BrokerStatus>,
+    pub(crate) metrics: Metrics,
+    pub(crate) ack: AckMode,
+    /// How long confirmed mode waits for the broker's confirm.
+    pub(crate) confirm_timeout: Duration,
 }
 
 /// How often a confirmed-mode wait looks at the broker while it is connected.
@@ -103,24 +105,6 @@ fn unix_secs(t: SystemTime) -> i64 {
 }
 
 impl Ingest {
-    pub fn new(
-        store: Arc<Store>,
-        confirmations: Arc<Confirmations>,
-        broker: Arc<BrokerStatus>,
-        metrics: Metrics,
-        ack: AckMode,
-        confirm_timeout: Duration,
-    ) -> Self {
-        Self {
-            store,
-            confirmations,
-            broker,
-            metrics,
-            ack,
-            confirm_timeout,
-        }
-    }
-
     /// Takes one delivery from raw bytes to the promise of the ack mode.
     pub async fn deliver(&self, delivery: Delivery<'_>) -> Result<Accepted, Rejected> {
         let endpoint = delivery.endpoint;

@@ -5,21 +5,24 @@
 //! adapters (`store` = sled, `publisher` = RabbitMQ, `confirmations`, `metrics`, `telemetry`,
 //! `tls`) → the use case (`ingest`) → transport (`server`, `routes`, `admin`) → wiring (`app`) →
 //! entry (`admin_client`, the operator's HTTP clients; `cli`).
+//!
+//! Modules nothing outside the crate uses (tests, fuzz targets, examples, the binary) are
+//! `pub(crate)`: they are not part of the library's interface.
 
 pub mod admin;
-pub mod admin_api;
-pub mod admin_client;
+pub(crate) mod admin_api;
+pub(crate) mod admin_client;
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod confirmations;
+pub(crate) mod confirmations;
 pub mod event;
 pub mod failpoint;
-pub mod ingest;
+pub(crate) mod ingest;
 pub mod metrics;
 pub mod publisher;
-pub mod routes;
-pub mod server;
+pub(crate) mod routes;
+pub(crate) mod server;
 pub mod signature;
 pub mod store;
 pub mod telemetry;

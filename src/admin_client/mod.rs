@@ -24,15 +24,26 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
+use crate::admin_api::ErrorBody;
 use crate::config::Secret;
+/// The relay's request id header, shown so a run can be found in the relay's logs.
+use crate::routes::REQUEST_ID as REQUEST_ID_HEADER;
 
 mod format;
 mod send_test;
 pub use format::{
     format_event, format_outbox, format_page, format_replayed, format_send_report, printable,
-    table, utc_millis,
 };
-pub use send_test::{Outgoing, SendReport, send_test};
+pub use send_test::{Outgoing, send_test};
+
+/// An operator's action on one stored event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Queue it for publishing again.
+    Replay,
+    /// Give up on a parked event.
+    Drop,
+}
 
 /// Where `gate-relay serve` listens for admin requests unless configured otherwise.
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9090";
@@ -44,9 +55,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The relay accepts bodies up to 16 MiB, and `events show --body` returns one as a JSON string,
 /// where escaping can make it up to six times longer (`\u0000`); 1 MiB more covers the record.
 const MAX_RESPONSE_BYTES: usize = 6 * 16 * 1024 * 1024 + 1024 * 1024;
-
-/// The relay's request id header (`routes::REQUEST_ID`), shown so a run can be found in its logs.
-const REQUEST_ID_HEADER: &str = "x-request-id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -264,31 +272,21 @@ impl AdminClient {
         self.call(Method::GET, &format!("/events{query}")).await
     }
 
-    pub async fn replay(
+    /// `POST /events/{id}/replay` or `/drop`: an operator's action on one event; both answer
+    /// with the same shape.
+    pub async fn act(
         &self,
+        action: Action,
         id: &str,
         environment: Option<&str>,
     ) -> Result<Reply<Acted>, ClientError> {
         let query = query(&[("environment", environment.map(str::to_owned))]);
-        self.call(
-            Method::POST,
-            &format!("/events/{}/replay{query}", encode_component(id)),
-        )
-        .await
-    }
-
-    /// Drops a parked event; the answer has the same shape as a replay's.
-    pub async fn drop_parked(
-        &self,
-        id: &str,
-        environment: Option<&str>,
-    ) -> Result<Reply<Acted>, ClientError> {
-        let query = query(&[("environment", environment.map(str::to_owned))]);
-        self.call(
-            Method::POST,
-            &format!("/events/{}/drop{query}", encode_component(id)),
-        )
-        .await
+        let action = match action {
+            Action::Replay => "replay",
+            Action::Drop => "drop",
+        };
+        let path = format!("/events/{}/{action}{query}", encode_component(id));
+        self.call(Method::POST, &path).await
     }
 
     pub async fn outbox(&self) -> Result<Reply<OutboxView>, ClientError> {
@@ -337,14 +335,15 @@ impl AdminClient {
 
 /// The `error` of a JSON error body, or a placeholder saying what the body was instead.
 fn error_code(body: &[u8]) -> String {
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) => v
-            .get("error")
-            .and_then(|e| e.as_str())
-            .map_or_else(|| "(no error code)".to_owned(), printable),
-        Err(_) if body.is_empty() => "(empty body)".to_owned(),
-        Err(_) => "(not JSON)".to_owned(),
+    if let Ok(ErrorBody { error }) = serde_json::from_slice(body) {
+        return printable(&error);
     }
+    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Ok(_) => "(no error code)",
+        Err(_) if body.is_empty() => "(empty body)",
+        Err(_) => "(not JSON)",
+    }
+    .to_owned()
 }
 
 #[cfg(test)]

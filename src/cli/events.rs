@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::tools::from_env;
 use super::{AdminArgs, EventsCommand, StateFilter, emit, failure, runtime, usage};
-use crate::admin_client::{self, AdminClient, ClientError, HttpUrl, ListFilter};
+use crate::admin_client::{self, Action, AdminClient, ClientError, HttpUrl, ListFilter};
 use crate::config::Secret;
 
 pub(super) fn events(command: EventsCommand) -> ExitCode {
@@ -50,19 +50,20 @@ pub(super) fn events(command: EventsCommand) -> ExitCode {
             id,
             environment,
             admin,
-        } => admin_call(&admin, |client| async move {
-            let reply = client.replay(&id, environment.as_deref()).await?;
-            Ok((reply.raw, admin_client::format_replayed(&reply.value)))
-        }),
+        } => act(&admin, Action::Replay, id, environment),
         EventsCommand::Drop {
             id,
             environment,
             admin,
-        } => admin_call(&admin, |client| async move {
-            let reply = client.drop_parked(&id, environment.as_deref()).await?;
-            Ok((reply.raw, admin_client::format_replayed(&reply.value)))
-        }),
+        } => act(&admin, Action::Drop, id, environment),
     }
+}
+
+fn act(admin: &AdminArgs, action: Action, id: String, environment: Option<String>) -> ExitCode {
+    admin_call(admin, |client| async move {
+        let reply = client.act(action, &id, environment.as_deref()).await?;
+        Ok((reply.raw, admin_client::format_replayed(&reply.value)))
+    })
 }
 
 /// Runs one admin API call; prints its raw JSON (`--json`) or its text, and maps errors to exit

@@ -17,17 +17,21 @@ pub(super) fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
     let n: u64 = number.parse().map_err(|_| {
         format!("{text:?} is not a duration like \"7d\", \"12h\", \"30m\" or \"forever\"")
     })?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3_600,
-        "d" => n * 86_400,
+    let unit_secs: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
         _ => {
             return Err(format!(
                 "{text:?} has no unit; use s, m, h or d, or \"forever\""
             ));
         }
     };
+    // A value past u64 seconds is a typo, not a retention; without the check it panicked.
+    let secs = n
+        .checked_mul(unit_secs)
+        .ok_or_else(|| format!("{text:?} is too large for a duration"))?;
     if secs == 0 {
         return Err(format!("{text:?} must be above zero"));
     }
@@ -49,5 +53,23 @@ mod tests {
         assert!(parse_duration("7").is_err());
         assert!(parse_duration("0h").is_err());
         assert!(parse_duration("1w").is_err());
+    }
+
+    #[test]
+    fn a_duration_too_large_for_seconds_is_an_error_not_a_panic() {
+        // u64::MAX / 86_400 + 1 days overflows a u64 of seconds; so do the other units.
+        let days = u64::MAX / 86_400 + 1;
+        for text in [
+            format!("{days}d"),
+            format!("{}h", u64::MAX / 3_600 + 1),
+            format!("{}m", u64::MAX / 60 + 1),
+        ] {
+            let err = parse_duration(&text).expect_err("overflow is refused");
+            assert!(err.contains("too large"), "{text}: {err}");
+        }
+        assert_eq!(
+            parse_duration(&format!("{}d", u64::MAX / 86_400)),
+            Ok(Some(Duration::from_secs(u64::MAX / 86_400 * 86_400)))
+        );
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Owns: one broker connection with one confirm-mode channel, the exchange declaration, a window
 //! of publishes in flight, and reconnecting. Does not own: which events exist (`store`) or who
-//! waits for them (`confirmations`). Knows only lapin and the store's API.
+//! waits for them (`confirmations`). Knows only lapin and its view of the store
+//! (`store::PublisherView`).
 //!
 //! Guarantees:
 //! - Every message is persistent (`delivery_mode = 2`), `mandatory`, with `message_id` = event id
@@ -26,13 +27,13 @@ use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
 use lapin::options::BasicPublishOptions;
-use lapin::{Channel, Confirmation, Connection};
+use lapin::{Channel, Connection};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AmqpConfig;
 use crate::confirmations::Confirmations;
 use crate::metrics::Metrics;
-use crate::store::{EventKey, Pending, Store, StoreError};
+use crate::store::{Pending, PublisherView, StoreError};
 
 mod connect;
 mod link;
@@ -40,12 +41,12 @@ mod message;
 mod retries;
 mod returns;
 mod session;
+mod settling;
 mod status;
 
 use link::{Link, unblocked_timeout};
 use retries::{Retries, Verdict};
-use returns::returned_key;
-use session::{Confirmed, PublishResult, Session, Settlement};
+use session::Session;
 pub use status::BrokerStatus;
 
 /// First wait after a failed connect or a refused message; doubles up to the configured cap.
@@ -87,7 +88,7 @@ enum PublishError {
 
 #[derive(Debug)]
 pub struct Publisher {
-    store: Arc<Store>,
+    store: PublisherView,
     confirmations: Arc<Confirmations>,
     status: Arc<BrokerStatus>,
     metrics: Metrics,
@@ -95,8 +96,8 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(
-        store: Arc<Store>,
+    pub(crate) fn new(
+        store: PublisherView,
         confirmations: Arc<Confirmations>,
         status: Arc<BrokerStatus>,
         metrics: Metrics,
@@ -367,167 +368,8 @@ impl Publisher {
             }
         };
         crate::failpoint::hit(crate::failpoint::AFTER_PUBLISH);
-        let confirm_timeout = self.config.publish_confirm_timeout;
-        let (seq, key, event_id) = (pending.seq, pending.key, pending.record.event_id);
-        let status = link.status.clone();
-        session.confirms.spawn(async move {
-            let outcome = unblocked_timeout(confirm_timeout, &status, confirm).await;
-            let (result, returned) = match outcome {
-                // The broker acked this delivery; a return attached here may be another's.
-                Some(Ok(Confirmation::Ack(ret))) => {
-                    (PublishResult::Ack, ret.as_ref().and_then(returned_key))
-                }
-                Some(Ok(Confirmation::Nack(ret))) => {
-                    (PublishResult::Nack, ret.as_ref().and_then(returned_key))
-                }
-                Some(Ok(Confirmation::NotRequested)) => (PublishResult::Nack, None),
-                Some(Err(_)) => (PublishResult::Error, None),
-                None => (PublishResult::Timeout, None),
-            };
-            Confirmed {
-                seq,
-                key,
-                event_id,
-                result,
-                returned,
-                elapsed: started.elapsed(),
-            }
-        });
+        let sent = (pending.seq, pending.key, pending.record.event_id);
+        self.spawn_confirm(session, link, confirm, sent, started);
         Ok(())
-    }
-
-    /// Records a batch of confirm outcomes; returns whether the connection is suspect (an
-    /// error or a timeout: the outcome is unknown, so it is replaced).
-    async fn settle(
-        &self,
-        batch: Vec<Confirmed>,
-        session: &mut Session,
-        retries: &mut Retries,
-    ) -> Result<bool, PublishError> {
-        let Settlement {
-            results,
-            acked,
-            failed,
-            to_park,
-            mut broken,
-        } = session.settle(batch, retries, tokio::time::Instant::now());
-        for (result, elapsed) in results {
-            self.metrics
-                .publishes
-                .with_label_values(&[result.label()])
-                .inc();
-            if result == PublishResult::Ack {
-                self.metrics.publish_confirm.observe(elapsed.as_secs_f64());
-            }
-        }
-        for f in failed {
-            tracing::warn!(
-                event_id = f.event_id,
-                result = f.result.label(),
-                refused = f.refused,
-                "event not confirmed; will publish again"
-            );
-            self.status
-                .record_error(format!("{} for event {}", f.result.label(), f.event_id));
-        }
-        for p in to_park {
-            if !self.park(p.seq, &p.key, &p.event_id, &p.reason, retries) {
-                session.rewind_to(p.seq); // still pending
-            }
-        }
-        crate::failpoint::hit(crate::failpoint::AFTER_CONFIRM);
-        let marked = self.store.mark_published(&acked);
-        // The broker has them whatever the store said, so their waiters may be told.
-        for (_, key) in &acked {
-            self.confirmations.confirmed(key);
-        }
-        if let Err(e) = marked {
-            // They stay pending; replacing the connection rewinds the cursor so they are sent
-            // again (duplicates with the same message_id) and marked then.
-            tracing::error!(error = %e, "marking events published failed; publishing them again");
-            return Err(e.into());
-        }
-        broken |= !self.requeue_late_returns(session).await;
-        Ok(broken)
-    }
-
-    /// Events marked published whose return has since been seen go back into the outbox.
-    /// False when one could not be queued again (kept to try at the next settle).
-    async fn requeue_late_returns(&self, session: &mut Session) -> bool {
-        let mut all_queued = true;
-        for (event_id, key) in session.returns.take_late() {
-            tracing::warn!(
-                event_id,
-                "event returned after it was marked published; queued again"
-            );
-            self.metrics
-                .publishes
-                .with_label_values(&[PublishResult::Returned.label()])
-                .inc();
-            self.status
-                .record_error(format!("returned for event {event_id}"));
-            if let Err(e) = self.store.requeue(&key).await {
-                // Marked published but never delivered: keep it to try again at the next
-                // settle rather than forget it.
-                tracing::error!(event_id, error = %e, "queueing a returned event again failed");
-                session.returns.retry_late(event_id, key);
-                all_queued = false;
-            }
-        }
-        all_queued
-    }
-
-    /// Takes an event the broker keeps refusing out of the outbox, so it holds up nothing.
-    /// False when parking failed: the event stays pending (and in `retries`, at its bound, so
-    /// its next failure parks it again).
-    fn park(
-        &self,
-        seq: u64,
-        key: &EventKey,
-        event_id: &str,
-        reason: &str,
-        retries: &mut Retries,
-    ) -> bool {
-        match self.store.park(seq, key, reason) {
-            Ok(parked) => {
-                retries.forget(seq);
-                if parked {
-                    self.metrics.events_parked_total.inc();
-                    tracing::error!(
-                        event_id,
-                        reason,
-                        "event parked: the broker keeps refusing it; replay or drop it through the admin API"
-                    );
-                }
-                true
-            }
-            Err(e) => {
-                tracing::error!(event_id, error = %e, "parking an event failed");
-                false
-            }
-        }
-    }
-
-    /// On shutdown: wait (bounded) for confirms already requested.
-    async fn drain(&self, session: &mut Session, retries: &mut Retries) {
-        let waiting = session.confirms.len();
-        let deadline = tokio::time::sleep(SHUTDOWN_CONFIRM_WAIT);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                next = session.confirms.join_next() => match next {
-                    Some(done) => {
-                        let done = vec![done.expect("confirm tasks do not panic")];
-                        let _ = self.settle(done, session, retries).await;
-                    }
-                    None => break,
-                },
-                () = &mut deadline => {
-                    tracing::warn!(abandoned = session.confirms.len(), "confirms abandoned at shutdown; they stay pending");
-                    break;
-                }
-            }
-        }
-        tracing::info!(waiting, "publisher drained");
     }
 }

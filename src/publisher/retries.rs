@@ -32,7 +32,7 @@ struct Retry {
 
 /// What a failure means for the event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(super) enum Verdict {
     /// Send it again later.
     Retry,
     /// It reached the bound: park it.
@@ -40,14 +40,14 @@ pub enum Verdict {
 }
 
 #[derive(Debug)]
-pub struct Retries {
+pub(super) struct Retries {
     events: HashMap<u64, Retry>,
     park_after: u32,
     max_backoff: Duration,
 }
 
 impl Retries {
-    pub fn new(park_after: u32, max_backoff: Duration) -> Self {
+    pub(super) fn new(park_after: u32, max_backoff: Duration) -> Self {
         Self {
             events: HashMap::new(),
             park_after: park_after.max(1),
@@ -57,14 +57,14 @@ impl Retries {
 
     /// True while `seq` waits out its backoff, or is a suspect (those go out one at a time,
     /// through [`Retries::next_suspect`]).
-    pub fn holds(&self, seq: u64, now: Instant) -> bool {
+    pub(super) fn holds(&self, seq: u64, now: Instant) -> bool {
         self.events
             .get(&seq)
             .is_some_and(|r| r.suspect || r.not_before > now)
     }
 
     /// The broker refused `seq` (nack or returned).
-    pub fn refused(&mut self, seq: u64, now: Instant) -> Verdict {
+    pub(super) fn refused(&mut self, seq: u64, now: Instant) -> Verdict {
         let max_backoff = self.max_backoff;
         let entry = self.entry(seq, now);
         entry.failures += 1;
@@ -76,7 +76,7 @@ impl Retries {
 
     /// `seq` was in flight when the outcome became unknown. `counts`: the failure is its own
     /// (it was a suspect sent alone, and the failure points at the message).
-    pub fn unknown(&mut self, seq: u64, counts: bool, now: Instant) -> Verdict {
+    pub(super) fn unknown(&mut self, seq: u64, counts: bool, now: Instant) -> Verdict {
         let entry = self.entry(seq, now);
         entry.suspect = true;
         if counts {
@@ -87,12 +87,12 @@ impl Retries {
     }
 
     /// Confirmed, parked or gone: forget it.
-    pub fn forget(&mut self, seq: u64) {
+    pub(super) fn forget(&mut self, seq: u64) {
         self.events.remove(&seq);
     }
 
     /// The oldest suspect, to be sent alone.
-    pub fn next_suspect(&self) -> Option<u64> {
+    pub(super) fn next_suspect(&self) -> Option<u64> {
         self.events
             .iter()
             .filter(|(_, r)| r.suspect)
@@ -101,7 +101,7 @@ impl Retries {
     }
 
     /// When the next backoff ends, after `now`.
-    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+    pub(super) fn next_wake(&self, now: Instant) -> Option<Instant> {
         self.events
             .values()
             .filter(|r| !r.suspect && r.not_before > now)
@@ -110,7 +110,7 @@ impl Retries {
     }
 
     /// The lowest sequence whose backoff has ended: the publisher's cursor steps back to it.
-    pub fn lowest_due(&self, now: Instant) -> Option<u64> {
+    pub(super) fn lowest_due(&self, now: Instant) -> Option<u64> {
         self.events
             .iter()
             .filter(|(_, r)| !r.suspect && r.not_before <= now)

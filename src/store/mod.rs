@@ -64,6 +64,7 @@ mod park;
 mod publish;
 mod record;
 mod repair;
+mod views;
 pub use inspect::{ListFilter, Listing, Pruned, Replay, Retention};
 use keys::{
     chunk_count, chunk_key, outbox_value, parse_outbox_entry, parse_settled_key, settled_key,
@@ -72,6 +73,7 @@ pub use outbox::OutboxDepth;
 pub use park::DropOutcome;
 pub use record::{Admission, EventKey, EventRecord, EventState, NewEvent, Pending, PendingBatch};
 use record::{decode_record, encode_record};
+pub use views::{AdminView, IngestView, PublisherView};
 
 /// Bodies are stored in chunks of at most this size, one sled value each.
 pub const BODY_CHUNK: usize = 32 * 1024;
@@ -268,23 +270,20 @@ impl Store {
     }
 
     /// True when this open created an empty store where one had existed (see [`marker_path`]).
-    pub fn recreated(&self) -> bool {
+    pub(crate) fn recreated(&self) -> bool {
         self.recreated
     }
 
     /// True when a flush failed (while running, or the last one at shutdown).
-    pub fn flush_failed(&self) -> bool {
+    pub(crate) fn flush_failed(&self) -> bool {
         self.flushed.borrow().failed
     }
 
     /// False once the flusher has stopped (shutdown or a failed flush): nothing new is durable.
-    pub fn is_writable(&self) -> bool {
+    pub(crate) fn is_writable(&self) -> bool {
         !self.flushed.borrow().stopped
     }
 
-    /// `OutboxFull` unless one more entry of `size` bytes for `key`'s environment fits the
-    /// outbox bounds, which apply to each environment alone.
-    /// True when a new event of `environment` would be refused.
     /// The outbox depth of one environment.
     fn depth_of(&self, environment: &[u8]) -> OutboxDepth {
         self.depth_by_env
@@ -298,10 +297,6 @@ impl Store {
             })
     }
 
-    /// Counts an outbox entry of `size` bytes in, in total and for its environment. Counted
-    /// before its commit (see `admit`), taken back with [`Store::count_out`] if nothing was
-    /// written.
-    /// How long the oldest outbox event has waited; `None` when the outbox is empty.
     /// The record for `key`, if any.
     pub fn record(&self, key: &EventKey) -> Result<Option<EventRecord>, StoreError> {
         self.events
@@ -310,8 +305,6 @@ impl Store {
             .transpose()
     }
 
-    /// Up to `limit` outbox events with a sequence above `after`, in arrival order, leaving out
-    /// (without loading) those `skip` names.
     /// The body stored under `seq`, if it has not been pruned.
     pub fn body(&self, seq: u64, size: u64) -> Result<Option<Bytes>, StoreError> {
         let mut body = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
@@ -332,12 +325,6 @@ impl Store {
         Ok(Some(body.freeze()))
     }
 
-    /// The lowest sequence admitted since the last call, if any: a reader whose cursor is past
-    /// it must step back to it.
-    /// Resolves when the outbox may have gained events since the last call.
-    /// Marks events confirmed by the broker: record `published`, outbox entry removed. The body
-    /// stays for replay until the retention task prunes it. Not waited on for durability (see
-    /// the module guarantee).
     /// Removes the outbox entry `seq`, if present, and takes it off the outbox counters.
     fn dequeue(&self, seq: u64) -> Result<(), StoreError> {
         let seq_key = seq.to_be_bytes();
@@ -351,7 +338,7 @@ impl Store {
     }
 
     /// Bytes the store takes on disk.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+    pub(crate) fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
     }
 }

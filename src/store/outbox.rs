@@ -24,6 +24,8 @@ impl Store {
         }
     }
 
+    /// `OutboxFull` unless one more entry of `size` bytes for `key`'s environment fits the
+    /// outbox bounds, which apply to each environment alone.
     pub(super) fn room_for(&self, key: &EventKey, size: u64) -> Result<(), StoreError> {
         let depth = self.depth_of(key.environment());
         if depth.events >= self.max_outbox_events
@@ -37,18 +39,36 @@ impl Store {
         Ok(())
     }
 
-    pub fn outbox_full(&self, environment: &str) -> bool {
+    /// True when a new event of `environment` would be refused.
+    pub(crate) fn outbox_full(&self, environment: &str) -> bool {
         let depth = self.depth_of(environment.as_bytes());
         depth.events >= self.max_outbox_events || depth.bytes >= self.max_outbox_bytes
     }
 
-    pub fn outbox_depth_of(&self, environment: &str) -> OutboxDepth {
+    pub(crate) fn outbox_depth_of(&self, environment: &str) -> OutboxDepth {
         self.depth_of(environment.as_bytes())
     }
 
+    /// Counts an outbox entry of `size` bytes in, in total and for its environment. Counted
+    /// before its commit (see `admit`), taken back with [`Store::count_out`] if nothing was
+    /// written.
     pub(super) fn count_in(&self, key: &EventKey, size: u64) {
-        self.outbox_events.fetch_add(1, Ordering::SeqCst);
-        self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
+        self.count(key, size, true);
+    }
+
+    /// Takes an outbox entry of `size` bytes off the counters, in total and for its environment.
+    pub(super) fn count_out(&self, key: &EventKey, size: u64) {
+        self.count(key, size, false);
+    }
+
+    fn count(&self, key: &EventKey, size: u64, entering: bool) {
+        if entering {
+            self.outbox_events.fetch_add(1, Ordering::SeqCst);
+            self.outbox_bytes.fetch_add(size, Ordering::SeqCst);
+        } else {
+            self.outbox_events.fetch_sub(1, Ordering::SeqCst);
+            self.outbox_bytes.fetch_sub(size, Ordering::SeqCst);
+        }
         let mut by_env = self
             .depth_by_env
             .lock()
@@ -59,24 +79,18 @@ impl Store {
                 events: 0,
                 bytes: 0,
             });
-        depth.events += 1;
-        depth.bytes += size;
-    }
-
-    pub(super) fn count_out(&self, key: &EventKey, size: u64) {
-        self.outbox_events.fetch_sub(1, Ordering::SeqCst);
-        self.outbox_bytes.fetch_sub(size, Ordering::SeqCst);
-        let mut by_env = self
-            .depth_by_env
-            .lock()
-            .expect("no panics while holding the lock");
-        if let Some(depth) = by_env.get_mut(key.environment()) {
+        if entering {
+            depth.events += 1;
+            depth.bytes += size;
+        } else {
+            // An environment's share never goes below zero, whatever order counts arrive in.
             depth.events = depth.events.saturating_sub(1);
             depth.bytes = depth.bytes.saturating_sub(size);
         }
     }
 
-    pub fn oldest_pending_age(&self) -> Option<Duration> {
+    /// How long the oldest outbox event has waited; `None` when the outbox is empty.
+    pub(crate) fn oldest_pending_age(&self) -> Option<Duration> {
         // The first entries may belong to admits still writing their record: look a little
         // further rather than report an empty outbox.
         let oldest = self

@@ -23,7 +23,7 @@ impl Store {
     /// Parks the event queued under `seq`: record `parked` with `reason`, outbox entry removed.
     /// Does nothing when `seq` is no longer the event's current queueing (a replay superseded
     /// it, or it was confirmed meanwhile).
-    pub fn park(&self, seq: u64, key: &EventKey, reason: &str) -> Result<bool, StoreError> {
+    pub(crate) fn park(&self, seq: u64, key: &EventKey, reason: &str) -> Result<bool, StoreError> {
         if !self.outbox.contains_key(seq.to_be_bytes())? {
             return Ok(false);
         }
@@ -54,7 +54,7 @@ impl Store {
 
     /// An operator's decision not to deliver a parked event: state `dropped`, body left to the
     /// pruner. Durable when it returns.
-    pub async fn drop_parked(&self, key: &EventKey) -> Result<DropOutcome, StoreError> {
+    pub(crate) async fn drop_parked(&self, key: &EventKey) -> Result<DropOutcome, StoreError> {
         let Some(raw) = self.events.get(&key.0)? else {
             return Ok(DropOutcome::NotFound);
         };
@@ -98,7 +98,7 @@ impl Store {
     }
 
     /// Events parked now.
-    pub fn parked_count(&self) -> u64 {
+    pub(crate) fn parked_count(&self) -> u64 {
         self.parked.len() as u64
     }
 }

@@ -10,6 +10,8 @@ use super::{
 };
 
 impl Store {
+    /// Up to `limit` outbox events with a sequence above `after`, in arrival order, leaving out
+    /// (without loading) those `skip` names.
     pub fn pending_after(
         &self,
         after: Option<u64>,
@@ -80,15 +82,21 @@ impl Store {
         Ok(batch)
     }
 
-    pub fn take_lowest_admitted(&self) -> Option<u64> {
+    /// The lowest sequence admitted since the last call, if any: a reader whose cursor is past
+    /// it must step back to it.
+    pub(crate) fn take_lowest_admitted(&self) -> Option<u64> {
         let lowest = self.lowest_admitted.swap(u64::MAX, Ordering::SeqCst);
         (lowest != u64::MAX).then_some(lowest)
     }
 
-    pub async fn outbox_grew(&self) {
+    /// Resolves when the outbox may have gained events since the last call.
+    pub(crate) async fn outbox_grew(&self) {
         self.outbox_grew.notified().await;
     }
 
+    /// Marks events confirmed by the broker: record `published`, outbox entry removed. The body
+    /// stays for replay until the retention task prunes it. Not waited on for durability (see
+    /// the module guarantee).
     pub fn mark_published(&self, confirmed: &[(u64, EventKey)]) -> Result<(), StoreError> {
         if confirmed.is_empty() {
             return Ok(());

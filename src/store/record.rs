@@ -60,7 +60,7 @@ pub struct EventRecord {
 
 impl EventState {
     /// As stored and as the admin API shows it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Published => "published",
@@ -70,14 +70,14 @@ impl EventState {
     }
 
     /// Done with: the pruner may take its body, and later its record.
-    pub fn is_settled(self) -> bool {
+    pub(crate) fn is_settled(self) -> bool {
         matches!(self, Self::Published | Self::Dropped)
     }
 }
 
 impl EventRecord {
     /// The outbox sequence this event is (or was last) queued under.
-    pub fn queued_seq(&self) -> u64 {
+    pub(crate) fn queued_seq(&self) -> u64 {
         self.queued_seq.unwrap_or(self.seq)
     }
 }
@@ -93,7 +93,7 @@ pub struct EventKey(pub(super) Vec<u8>);
 impl EventKey {
     /// Environment names never contain `\0` (config validates them), so the split is unambiguous.
     /// The environment part of the key.
-    pub fn environment(&self) -> &[u8] {
+    pub(crate) fn environment(&self) -> &[u8] {
         self.0.split(|b| *b == 0).next().unwrap_or(&[])
     }
 
@@ -103,7 +103,7 @@ impl EventKey {
 
     /// The key of a message as the broker hands it back (its `gate-environment` header and
     /// `message_id`), unvalidated: only ever compared with keys made by [`EventKey::new`].
-    pub fn from_parts(environment: &str, event_id: &str) -> Self {
+    pub(crate) fn from_parts(environment: &str, event_id: &str) -> Self {
         let mut key = Vec::with_capacity(environment.len() + 1 + event_id.len());
         key.extend_from_slice(environment.as_bytes());
         key.push(0);
