@@ -207,6 +207,42 @@ async fn a_parked_event_replayed_after_the_fix_is_delivered() {
     app.topology.delete().await;
 }
 
+/// Many events refused within milliseconds of each other: each backoff may end while the
+/// publisher waits on another event's confirm, behind its cursor. Every one must still be sent
+/// again and parked at the bound; none may be left pending with nothing to wake it.
+#[tokio::test]
+async fn events_refused_together_are_all_retried_and_parked() {
+    let options = Options {
+        ack: "durable",
+        park_after_attempts: 3,
+        ..Options::default()
+    };
+    let app = TestApp::spawn("parking.together", options).await;
+    app.topology.route_only(None).await;
+    let ids: Vec<String> = (0..30).map(|_| unique("evt")).collect();
+    let mut posts = tokio::task::JoinSet::new();
+    for id in &ids {
+        let body = event_body(id, "c.z");
+        let (client, url) = (app.client.clone(), app.url(support::PATH));
+        posts.spawn(async move {
+            let sig = support::sign(support::SECRET, support::now(), body.as_bytes());
+            support::post(&client, &url, Bytes::from(body), Some(&sig))
+                .await
+                .status
+        });
+    }
+    for status in posts.join_all().await {
+        assert_eq!(status, 200);
+    }
+    let store = Arc::clone(&app.running.as_ref().expect("running").store);
+    eventually("every refused event is parked", || {
+        store.parked_count() == ids.len() as u64
+    })
+    .await;
+    assert_eq!(store.outbox_depth().events, 0);
+    app.topology.delete().await;
+}
+
 /// An event whose publish makes the broker drop the connection: a header over the broker's
 /// frame size. It is written into the store directly, as one that predates the edge's header
 /// cap (or any other such event) would be; the relay must park it and deliver the rest.
