@@ -120,6 +120,62 @@ async fn a_nacked_event_is_parked_at_the_bound_while_newer_events_keep_flowing()
     app.topology.delete().await;
 }
 
+/// Newer events must not wait for an older one the broker refuses: with a bound high enough that
+/// the refused event stays pending for seconds (20 attempts, backoff capped at 500 ms in tests),
+/// events sent between its retries are published at once, and each exactly once.
+#[tokio::test]
+async fn newer_events_are_published_once_each_while_a_refused_one_is_still_retried() {
+    let options = Options {
+        ack: "durable",
+        park_after_attempts: 20,
+        ..Options::default()
+    };
+    let app = TestApp::spawn("parking.flow", options).await;
+    let t = &app.topology;
+    t.route_only(Some("test.a.#")).await;
+    bind_rejecting_queue(&app, "test.b.#").await;
+    let nacks = || app.metric("gate_relay_publish_total", &[("result", "nack")]);
+
+    let poison = unique("evt");
+    assert_eq!(
+        app.post_event(&event_body(&poison, "b.y")).await.status,
+        200
+    );
+    let mut fine = Vec::new();
+    // Three rounds, each after one more refusal of the poison event: newer events flow between
+    // its retries, not only once it is parked.
+    for round in 1..=3 {
+        eventually("the refused event is refused once more", || {
+            nacks() >= f64::from(round)
+        })
+        .await;
+        let ids: Vec<String> = (0..3).map(|_| unique("evt")).collect();
+        for id in &ids {
+            assert_eq!(app.post_event(&event_body(id, "a.x")).await.status, 200);
+        }
+        eventually("the newer events are published", || {
+            ids.iter()
+                .all(|id| state_of(&app, id) == Some(EventState::Published))
+        })
+        .await;
+        assert_eq!(
+            state_of(&app, &poison),
+            Some(EventState::Pending),
+            "round {round}: the refused event is still being retried, not parked"
+        );
+        fine.extend(ids);
+    }
+    assert!(
+        nacks() < 20.0,
+        "published before the refused event reached its bound"
+    );
+    let mut arrived = app.topology.message_ids(Duration::from_millis(500)).await;
+    arrived.sort();
+    fine.sort();
+    assert_eq!(arrived, fine, "exactly the newer events, each once");
+    app.topology.delete().await;
+}
+
 #[tokio::test]
 async fn a_parked_event_replayed_after_the_fix_is_delivered() {
     let options = Options {
@@ -148,6 +204,42 @@ async fn a_parked_event_replayed_after_the_fix_is_delivered() {
         app.topology.message_ids(Duration::from_millis(500)).await,
         std::slice::from_ref(&id)
     );
+    app.topology.delete().await;
+}
+
+/// Many events refused within milliseconds of each other: each backoff may end while the
+/// publisher waits on another event's confirm, behind its cursor. Every one must still be sent
+/// again and parked at the bound; none may be left pending with nothing to wake it.
+#[tokio::test]
+async fn events_refused_together_are_all_retried_and_parked() {
+    let options = Options {
+        ack: "durable",
+        park_after_attempts: 3,
+        ..Options::default()
+    };
+    let app = TestApp::spawn("parking.together", options).await;
+    app.topology.route_only(None).await;
+    let ids: Vec<String> = (0..30).map(|_| unique("evt")).collect();
+    let mut posts = tokio::task::JoinSet::new();
+    for id in &ids {
+        let body = event_body(id, "c.z");
+        let (client, url) = (app.client.clone(), app.url(support::PATH));
+        posts.spawn(async move {
+            let sig = support::sign(support::SECRET, support::now(), body.as_bytes());
+            support::post(&client, &url, Bytes::from(body), Some(&sig))
+                .await
+                .status
+        });
+    }
+    for status in posts.join_all().await {
+        assert_eq!(status, 200);
+    }
+    let store = Arc::clone(&app.running.as_ref().expect("running").store);
+    eventually("every refused event is parked", || {
+        store.parked_count() == ids.len() as u64
+    })
+    .await;
+    assert_eq!(store.outbox_depth().events, 0);
     app.topology.delete().await;
 }
 

@@ -208,6 +208,15 @@ impl Publisher {
         };
         let mut health = tokio::time::interval(HEALTH_CHECK);
         loop {
+            // Step back to the oldest event whose backoff has ended, on every turn: a backoff
+            // can end while this loop waits on something else (another event's confirm), with
+            // the cursor already past the event; the retry wake below only covers backoffs
+            // that end later. Only that range is read again; what is in flight or still
+            // backing off is skipped. (A cursor still at `None` reads from the oldest anyway.)
+            let before_fill = tokio::time::Instant::now();
+            if let Some(due) = retries.lowest_due(before_fill) {
+                session.rewind_to(due);
+            }
             match self.fill_window(channel, &mut link, session, retries).await {
                 Ok(()) => {}
                 Err(PublishError::ShuttingDown) => {
@@ -216,7 +225,9 @@ impl Publisher {
                 }
                 Err(e) => return Err(e),
             }
-            let next_wake = retries.next_wake(tokio::time::Instant::now());
+            // From before the fill: a backoff that ended during it was skipped there and must
+            // still wake the loop.
+            let next_wake = retries.next_wake(before_fill);
             let retry_sleep = async {
                 match next_wake {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -241,14 +252,7 @@ impl Publisher {
                         return Err(PublishError::ConnectionLost);
                     }
                 }
-                () = retry_sleep => {
-                    // Step back to the oldest event whose backoff ended; only that range is
-                    // read again, and what is in flight or still waiting is skipped.
-                    // (A cursor still at `None` reads from the oldest anyway.)
-                    if let Some(due) = retries.lowest_due(tokio::time::Instant::now()) {
-                        session.rewind_to(due);
-                    }
-                }
+                () = retry_sleep => {} // the top of the loop steps back to it
                 () = shutdown.cancelled() => {
                     self.drain(session, retries).await;
                     return Ok(());

@@ -98,6 +98,34 @@ pub struct Pruned {
     pub events: u64,
 }
 
+/// How much one pruning pass may do; [`Store::prune`] uses the defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneLimits {
+    /// Index entries read at once.
+    pub batch: usize,
+    /// The body half stops after this many entries, the record half after twice as many.
+    pub max_per_pass: usize,
+}
+
+impl Default for PruneLimits {
+    fn default() -> Self {
+        Self {
+            batch: PRUNE_BATCH,
+            max_per_pass: PRUNE_MAX_PER_PASS,
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PrunePass {
+    pub pruned: Pruned,
+    /// Index entries read, both halves.
+    pub looked: usize,
+    /// The body half stopped at `max_per_pass` with more due: the next pass continues.
+    pub stopped_at_limit: bool,
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -220,63 +248,87 @@ impl Store {
     /// any rate the relay accepts. Bounded per batch; a pass stops after [`PRUNE_MAX_PER_PASS`]
     /// and the next one continues.
     pub fn prune(&self, now: u64, retention: Retention) -> Result<Pruned, StoreError> {
-        let mut pruned = Pruned::default();
+        Ok(self
+            .prune_pass(now, retention, PruneLimits::default())?
+            .pruned)
+    }
+
+    /// [`Store::prune`] with its bounds given, reporting how much of the index it read: what
+    /// a test needs to show that passes resume where the last one stopped.
+    pub fn prune_pass(
+        &self,
+        now: u64,
+        retention: Retention,
+        limits: PruneLimits,
+    ) -> Result<PrunePass, StoreError> {
+        let mut pass = PrunePass::default();
         let body_cutoff = now.saturating_sub(ms(retention.bodies));
         let record_cutoff = retention.events.map(|keep| now.saturating_sub(ms(keep)));
         // Records go with their bodies when their own retention is shorter.
         let body_cutoff = record_cutoff.map_or(body_cutoff, |r| body_cutoff.max(r));
-        let mut looked = 0;
-        // Entries stay after the body pass (the record pass needs them, and `retain_events`
-        // may be set at a later start), so the body pass resumes from a cursor. The cursor
-        // stays [`PRUNE_CURSOR_MARGIN`] behind the wall clock: an entry written in the same
-        // millisecond as one already visited, or under a clock that stepped back by less than
-        // the margin, sorts below what was visited and must still be seen.
-        let mut from = self.prune_cursor()?;
-        let cursor_limit =
-            settled_key(now_ms().saturating_sub(ms(PRUNE_CURSOR_MARGIN)), 0).to_vec();
-        loop {
-            let batch: Vec<_> = self
-                .settled
-                .range(from.clone()..=settled_key(body_cutoff, u64::MAX).to_vec())
-                .take(PRUNE_BATCH)
-                .collect::<Result<_, _>>()?;
-            for (index_key, key) in &batch {
-                let (_, seq) = parse_settled_key(index_key)?;
-                if self.prune_body(key, seq, body_cutoff)? {
-                    pruned.bodies += 1;
-                }
-                from = next_key(index_key);
-            }
-            looked += batch.len();
-            if !batch.is_empty() {
-                let keep = from.as_slice().min(cursor_limit.as_slice());
-                self.meta.insert(PRUNE_CURSOR, keep)?;
-            }
-            if batch.len() < PRUNE_BATCH || looked >= PRUNE_MAX_PER_PASS {
-                break;
-            }
-        }
+        self.prune_bodies(now, body_cutoff, limits, &mut pass)?;
         if let Some(cutoff) = record_cutoff {
             loop {
                 let batch: Vec<_> = self
                     .settled
                     .range(..=settled_key(cutoff, u64::MAX))
-                    .take(PRUNE_BATCH)
+                    .take(limits.batch)
                     .collect::<Result<_, _>>()?;
                 for (index_key, key) in &batch {
                     let (_, seq) = parse_settled_key(index_key)?;
                     if self.prune_record(key, seq, cutoff)? {
-                        pruned.events += 1;
+                        pass.pruned.events += 1;
                     }
                     self.settled.remove(index_key)?;
                 }
-                looked += batch.len();
-                if batch.len() < PRUNE_BATCH || looked >= 2 * PRUNE_MAX_PER_PASS {
+                pass.looked += batch.len();
+                if batch.len() < limits.batch || pass.looked >= 2 * limits.max_per_pass {
                     break;
                 }
             }
         }
-        Ok(pruned)
+        Ok(pass)
+    }
+
+    /// The body half of a pass. Entries stay after it (the record pass needs them, and
+    /// `retain_events` may be set at a later start), so it resumes from a saved cursor. The
+    /// cursor stays [`PRUNE_CURSOR_MARGIN`] behind `now`: an entry written in the same
+    /// millisecond as one already visited, or under a clock that stepped back by less than the
+    /// margin, sorts below what was visited and must still be seen. With `retain_bodies` at
+    /// least the margin the cursor is never held back; with a shorter one each pass reads the
+    /// last margin's entries again.
+    fn prune_bodies(
+        &self,
+        now: u64,
+        body_cutoff: u64,
+        limits: PruneLimits,
+        pass: &mut PrunePass,
+    ) -> Result<(), StoreError> {
+        let mut from = self.prune_cursor()?;
+        let cursor_limit = settled_key(now.saturating_sub(ms(PRUNE_CURSOR_MARGIN)), 0).to_vec();
+        loop {
+            let batch: Vec<_> = self
+                .settled
+                .range(from.clone()..=settled_key(body_cutoff, u64::MAX).to_vec())
+                .take(limits.batch)
+                .collect::<Result<_, _>>()?;
+            for (index_key, key) in &batch {
+                let (_, seq) = parse_settled_key(index_key)?;
+                if self.prune_body(key, seq, body_cutoff)? {
+                    pass.pruned.bodies += 1;
+                }
+                from = next_key(index_key);
+            }
+            pass.looked += batch.len();
+            if !batch.is_empty() {
+                let keep = from.as_slice().min(cursor_limit.as_slice());
+                self.meta.insert(PRUNE_CURSOR, keep)?;
+            }
+            if batch.len() < limits.batch || pass.looked >= limits.max_per_pass {
+                pass.stopped_at_limit = batch.len() == limits.batch;
+                return Ok(());
+            }
+        }
     }
 
     /// Builds the `settled` index for a store written before it existed (one pass, once): the

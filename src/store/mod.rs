@@ -65,7 +65,7 @@ mod publish;
 mod record;
 mod repair;
 mod views;
-pub use inspect::{ListFilter, Listing, Pruned, Replay, Retention};
+pub use inspect::{ListFilter, Listing, PruneLimits, PrunePass, Pruned, Replay, Retention};
 use keys::{
     chunk_count, chunk_key, outbox_value, parse_outbox_entry, parse_settled_key, settled_key,
 };

@@ -98,7 +98,7 @@ impl Store {
     }
 
     /// Events parked now.
-    pub(crate) fn parked_count(&self) -> u64 {
+    pub fn parked_count(&self) -> u64 {
         self.parked.len() as u64
     }
 }
