@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Opt-in (not in .ci/run: a cold run takes longer than CI should spend on it): builds
 # deploy/docker/Dockerfile with podman and runs the image the way the shipped manifests do, against
-# the host's RabbitMQ at 127.0.0.1:5672 (guest/guest). As root on Debian, from anywhere:
+# the host's RabbitMQ at 127.0.0.1:5672 (guest/guest), then runs the compose stack. As root on
+# Debian, from anywhere:
 #
 #   deploy/test-image.sh
 #
@@ -10,14 +11,19 @@
 # a signed event sent with the image's own `gate-relay send-test` lands in a quorum queue; the
 # image's HEALTHCHECK passes; `podman stop` drains and the relay exits 0; sled keeps the configured
 # cache size (the container has compose's 512m limit). Then the same for the StatefulSet's pod
-# spec with `podman kube play`. It prints the image size, the build time and the start-up time
-# (deploy/README.md records them).
+# spec with `podman kube play`, and for deploy/compose/docker-compose.yml with podman-compose
+# (deploy/test-image-compose.sh, sourced below, says how). It prints the image size, the build
+# time, the start-up and stop times and the compose stack's up time (deploy/README.md records them).
 #
 # How:
-# - Base images: no image registry is reachable here, so when the Dockerfile's FROM images are not
-#   in local storage it makes stand-ins with `debootstrap --variant=minbase bookworm` (the rootfs
-#   tarball is cached under ${XDG_CACHE_HOME:-$HOME/.cache}/gate-relay-test-image; the images it
-#   tags are removed at the end). rust:1-bookworm's stand-in has ca-certificates and no Rust.
+# - Tools: Debian's podman (with netavark and aardvark-dns: compose services find each other by
+#   name), debootstrap, curl, catatonit; podman-compose from PyPI, pinned, in a venv under
+#   ${XDG_CACHE_HOME:-$HOME/.cache}/gate-relay-test-image (Debian's 1.0.3 predates `!override`).
+# - Base images: no image registry is reachable here, so when an image the Dockerfile or the
+#   compose file names is not in local storage it makes a stand-in from `debootstrap
+#   --variant=minbase bookworm` (the rootfs tarball is cached in that directory; every image it
+#   tags or builds is removed at the end). rust:1-bookworm's stand-in has ca-certificates and no
+#   Rust; the compose file's RabbitMQ and Prometheus are Debian's packages (3.10.8 and 2.42.0).
 # - The binary: built on the host (`cargo build --profile dist`, the machine's toolchain and its
 #   warm cargo cache) and passed in with the Dockerfile's test-only `--build-arg BINARY=prebuilt`.
 #   Compiling inside the build (mounting ~/.cargo and ~/.rustup) would need a C toolchain in the
@@ -25,8 +31,8 @@
 # - The broker: a throwaway vhost with deploy/rabbitmq/definitions.json's topology, deleted at
 #   the end. guest is loopback-only, so the relay runs with host networking, on free ports.
 #
-# Leaves nothing behind, also on failure (trap): the container, the image, the stand-in base
-# images it made, the volume, the vhost and its temp directory.
+# Leaves nothing behind, also on failure or interruption (trap on EXIT, INT and TERM): the
+# containers, pods, networks, volumes, the images it built or tagged, the vhost, its temp directory.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -38,7 +44,19 @@ made_images=()
 container=""
 volume=""
 vhost=""
+compose=() # the podman-compose command line, once the stack is up (deploy/test-image-compose.sh)
+made_networks=()
 started=$SECONDS
+
+# What the compose project of this run left, as "KIND NAME" lines for `podman KIND rm -f NAME`.
+# podman-compose labels containers, networks and volumes with the project; the pod only by name.
+compose_leftovers() {
+  local label="label=io.podman.compose.project=$run"
+  podman ps -a -q --filter "$label" | sed 's/^/container /'
+  if podman pod exists "pod_$run"; then echo "pod pod_$run"; fi
+  podman network ls -q --filter "$label" | sed 's/^/network /'
+  podman volume ls -q --filter "$label" | sed 's/^/volume /'
+}
 
 cleanup() {
   status=$?
@@ -57,15 +75,21 @@ cleanup() {
     podman volume rm -f "$run-pod-config" >/dev/null 2>&1
   fi
   [ -n "$volume" ] && podman volume rm -f "$volume" >/dev/null 2>&1
+  if [ "${#compose[@]}" -gt 0 ]; then
+    [ "$status" -ne 0 ] && "${compose[@]}" logs --tail 20 >&2 2>&1
+    "${compose[@]}" down -v -t 0 >/dev/null 2>&1
+    compose_leftovers | while read -r kind id; do podman "$kind" rm -f "$id"; done >/dev/null 2>&1
+  fi
   podman rmi -f "$image" >/dev/null 2>&1
   if [ -f "$work/images-before" ]; then
     podman images -a -q --no-trunc --filter dangling=true | sort |
       comm -13 "$work/images-before" - | xargs -r podman rmi -f >/dev/null 2>&1
   fi
-  # Newest first: a committed image before the imported one it was made from.
+  # Newest first: an image before the one it was built or committed from.
   for ((i = ${#made_images[@]} - 1; i >= 0; i--)); do
     podman rmi -f "${made_images[i]}" >/dev/null 2>&1
   done
+  for network in "${made_networks[@]}"; do podman network rm -f "$network" >/dev/null 2>&1; done
   [ -n "$vhost" ] && rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1
   rm -rf "$work"
   if [ "$status" -eq 0 ]; then
@@ -75,6 +99,10 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+# Without these, SIGINT and SIGTERM end the script without running the EXIT trap.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'echo "deploy/test-image.sh: line $LINENO failed: $BASH_COMMAND" >&2' ERR
 
 step() { printf '\n== %s\n' "$*"; }
 fail() {
@@ -96,17 +124,38 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 http_status() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" || true; }
 
 # ---------------------------------------------------------------------------------------------
-step "tools: podman, debootstrap, curl, catatonit (the pause image of kube play)"
+step "tools: podman (netavark, aardvark-dns), debootstrap, curl, catatonit; podman-compose (PyPI)"
+# Debian packages, by package name: netavark and aardvark-dns are not on PATH, and podman only
+# recommends them (without aardvark-dns compose services cannot resolve each other's names;
+# without iptables netavark fails with "No such file or directory"); runc, since crun 1.8 refuses
+# this sandbox's cgroups ("cgroups in hybrid mode not supported"); catatonit is the pause image
+# of kube play; python3-venv for the podman-compose venv.
 missing=()
-for tool in podman debootstrap curl catatonit; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+for package in podman runc netavark aardvark-dns iptables debootstrap curl catatonit uidmap \
+  fuse-overlayfs python3-venv; do
+  dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" uidmap fuse-overlayfs >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-podman --version
+# PyPI's podman-compose (with PyYAML, which the pod spec below uses too), pinned; a changed pin
+# rebuilds the venv. Debian's python3, not whichever python3 comes first on PATH.
+python_tools="podman-compose==1.6.0 pyyaml==6.0.3"
+venv="$cache/venv"
+if [ "$(cat "$venv/.gate-relay-tools" 2>/dev/null)" != "$python_tools" ]; then
+  echo "creating $venv: $python_tools"
+  rm -rf "$venv"
+  mkdir -p "$cache"
+  /usr/bin/python3 -m venv "$venv"
+  # shellcheck disable=SC2086 # the list is word-split on purpose
+  "$venv/bin/pip" install --quiet --disable-pip-version-check $python_tools
+  printf '%s' "$python_tools" >"$venv/.gate-relay-tools"
+fi
+py="$venv/bin/python"
+echo "$(podman --version), $("$venv/bin/podman-compose" --version 2>/dev/null | head -n 1)"
 # As root, podman raises RLIMIT_NOFILE and RLIMIT_NPROC in every container to its defaults; where
 # this shell's hard limits are lower (inside another container, as here) runc fails with "error
 # setting rlimit type 7" (or 6). A containers.conf of this run's own keeps this shell's limits;
@@ -117,12 +166,10 @@ if [ "$nproc" = unlimited ] || [ "$nproc" -gt "$pid_max" ]; then nproc=$pid_max;
 cat >"$work/containers.conf" <<CONF
 [containers]
 default_ulimits = ["nofile=$(ulimit -Hn):$(ulimit -Hn)", "nproc=$nproc:$nproc"]
+[engine]
+runtime = "runc"
 CONF
 export CONTAINERS_CONF="$work/containers.conf"
-# PyYAML for the pod spec: from deploy/check.sh's venv when it is there.
-py="${XDG_CACHE_HOME:-$HOME/.cache}/gate-relay-deploy-check/venv/bin/python"
-[ -x "$py" ] || py=python3
-"$py" -c 'import yaml' 2>/dev/null || fail "PyYAML missing: run deploy/check.sh once (it makes a venv with it)"
 timeout 20 rabbitmqctl -q list_vhosts >/dev/null || fail "no RabbitMQ node answers rabbitmqctl"
 
 # ---------------------------------------------------------------------------------------------
@@ -136,14 +183,12 @@ echo "built in $(($(now_ms) - t0)) ms: $(du -h "$binary" | cut -f1)"
 
 # ---------------------------------------------------------------------------------------------
 step "base images: the Dockerfile's FROM names, or local stand-ins"
+# Builds leave stages behind as untagged images: remember what was there.
+podman images -a -q --no-trunc --filter dangling=true | sort >"$work/images-before"
 rootfs_tar="$cache/bookworm-minbase.tar"
-stand_in() { # name, packages to purge from the minbase rootfs
-  local name=$1
-  shift
-  if podman image exists "$name"; then
-    echo "ok  $name is in local storage"
-    return
-  fi
+minbase="" # the cached minbase rootfs, imported once per run and tagged with the run's name
+minbase_image() {
+  [ -z "$minbase" ] || return 0
   if [ ! -s "$rootfs_tar" ]; then
     echo "debootstrap --variant=minbase bookworm (cached in $cache)"
     mkdir -p "$cache"
@@ -153,30 +198,56 @@ stand_in() { # name, packages to purge from the minbase rootfs
     tar -C "$work/rootfs" -cf "$rootfs_tar.partial" . && mv "$rootfs_tar.partial" "$rootfs_tar"
     rm -rf "$work/rootfs"
   fi
-  local imported
-  # The same tarball imports as the same image id each time: removed only at the end.
-  imported=$(podman import --quiet "$rootfs_tar")
-  made_images+=("$imported")
+  minbase="localhost/gate-relay-test-minbase:$run"
+  podman import --quiet "$rootfs_tar" "$minbase" >/dev/null
+  made_images+=("$minbase")
+}
+stand_in() { # name, packages to purge from the minbase rootfs
+  local name=$1
+  shift
+  if podman image exists "$name"; then
+    echo "ok  $name is in local storage"
+    return
+  fi
+  minbase_image
   if [ "$#" -gt 0 ]; then
     # The slim runtime base has no CA bundle: the Dockerfile must copy it from the builder.
-    podman run --name "$run-trim" --network none "$imported" \
+    podman run --name "$run-trim" --network none "$minbase" \
       sh -c "dpkg --purge --force-depends $* >/dev/null 2>&1; rm -rf /var/cache/apt/*"
     # Flattened (export, import): a commit on top would carry the purged files in its lower layer.
     podman export "$run-trim" | podman import --quiet - "$name" >/dev/null
     podman rm -f "$run-trim" >/dev/null
   else
-    podman tag "$imported" "$name"
+    podman tag "$minbase" "$name"
   fi
   made_images+=("$name")
   echo "ok  $name: a stand-in made here"
+}
+# A stand-in built from a Containerfile on stdin (`FROM $BASE`, the minbase image), when the name
+# is not in local storage.
+stand_in_built() { # name, what it is (for the log)
+  local name=$1
+  if podman image exists "$name"; then
+    echo "ok  $name is in local storage"
+    cat >/dev/null
+    return
+  fi
+  minbase_image
+  mkdir -p "$work/empty"
+  local t0
+  t0=$(now_ms)
+  # --layers=false: no intermediate images left to clean up.
+  podman build --quiet --format docker --pull=never --layers=false --build-arg "BASE=$minbase" \
+    -t "$name" -f - "$work/empty" >"$work/stand-in.log" 2>&1 ||
+    { tail -n 30 "$work/stand-in.log"; fail "could not build the stand-in $name"; }
+  made_images+=("$name")
+  echo "ok  $name: a stand-in built here from $2 in $(($(now_ms) - t0)) ms"
 }
 stand_in docker.io/library/rust:1-bookworm
 stand_in docker.io/library/debian:bookworm-slim ca-certificates openssl
 
 # ---------------------------------------------------------------------------------------------
 step "podman build --format docker"
-# The build leaves the builder stage behind as an untagged image: remember what was there.
-podman images -a -q --no-trunc --filter dangling=true | sort >"$work/images-before"
 t0=$(now_ms)
 podman build --quiet --format docker --pull=never --build-arg BINARY=prebuilt \
   --build-context "prebuilt=$work/prebuilt" -f deploy/docker/Dockerfile -t "$image" . >/dev/null
@@ -313,6 +384,8 @@ PY
 if ! podman image exists "localhost/podman-pause:$(podman version --format '{{.Client.Version}}')-0"; then
   made_images+=("localhost/podman-pause:$(podman version --format '{{.Client.Version}}')-0")
 fi
+# It makes the network podman-default-kube-network on first use too: likewise.
+podman network exists podman-default-kube-network || made_networks+=(podman-default-kube-network)
 t0=$(now_ms)
 podman kube play --quiet "$work/pod.yaml" >/dev/null
 container="$pod-gate-relay"
@@ -333,5 +406,10 @@ podman kube down "$work/pod.yaml" >/dev/null
 podman volume rm -f "$pod-config" >/dev/null
 container=""
 
+# shellcheck source=deploy/test-image-compose.sh
+. deploy/test-image-compose.sh
+
 printf '\nfigures: build %d ms, image %d MB (%d MB on its base), /healthz %d ms, /readyz %d ms, stop %d ms\n' \
   "$build_ms" "$((size / 1000000))" "$(((size - base_size) / 1000000))" "$healthz_ms" "$readyz_ms" "$stop_ms"
+printf 'compose: up to all healthy %d ms (RabbitMQ %d ms), relay stop %d ms, down -v %d ms\n' \
+  "$compose_up_ms" "$rabbitmq_ms" "$compose_stop_ms" "$compose_down_ms"
