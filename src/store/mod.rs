@@ -36,7 +36,8 @@
 //!   fsyncs the store directory when its entries changed (snapshot renames). Without this a
 //!   filesystem with strict POSIX metadata lost the whole store at a power cut
 //!   (`tests/power_loss.rs`). A marker beside the store directory makes a lost store loud
-//!   ([`Store::recreated`]).
+//!   ([`Store::recreated`]); where that directory cannot be written, the store opens without
+//!   it and says so.
 //! - Remaining gap, sled's and about power cuts, not process crashes: sled frees a log segment
 //!   once the pages moved out of it are `sync_file_range`-stable, not fsynced, so it may
 //!   overwrite the segment before our next flush. Torn power cuts over many cycles of large
@@ -201,6 +202,14 @@ fn marker_path(store: &std::path::Path) -> PathBuf {
     store.with_file_name(format!(".{name}.gate-relay-store"))
 }
 
+/// The directory holding the store cannot take the marker: read-only, or not ours to write.
+fn unwritable(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+    )
+}
+
 impl Store {
     /// Opens (or creates) the store and rebuilds the outbox counters.
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
@@ -263,8 +272,18 @@ impl Store {
         if !marker.exists() {
             // Written after the store is durable, and made durable with its directory, so a
             // marker never outlives a store that never existed.
-            File::create(&marker)?.sync_all()?;
-            store.sync_parent()?;
+            match File::create(&marker).and_then(|f| f.sync_all()) {
+                Ok(()) => store.sync_parent()?,
+                // A container's read-only root, or a parent owned by someone else: the store
+                // itself is fine, only the check for a lost store is off.
+                Err(e) if unwritable(&e) => tracing::warn!(
+                    marker = %marker.display(),
+                    error = %e,
+                    "cannot keep the store marker beside the store; a lost store will not be \
+                     noticed (give the store a directory of its own inside the volume)"
+                ),
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(store)
     }

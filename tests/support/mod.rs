@@ -802,6 +802,8 @@ pub struct RelayProcess {
     pub admin_addr: SocketAddr,
     /// Every stdout line after `listening`, in order, until the relay exits.
     pub lines: std::sync::mpsc::Receiver<String>,
+    /// The lines logged before `listening` (opening the store, connecting).
+    pub startup: Vec<String>,
 }
 
 impl RelayProcess {
@@ -845,10 +847,15 @@ impl RelayProcess {
                 let _ = tx.send(line);
             }
         });
+        let mut startup = Vec::new();
         let (addr, admin_addr) = loop {
-            let line = lines
-                .recv_timeout(WAIT)
-                .expect("gate-relay logged `listening`");
+            let line = lines.recv_timeout(WAIT).unwrap_or_else(|_| {
+                panic!(
+                    "gate-relay logged no `listening`; it said:\n{}",
+                    startup.join("\n")
+                )
+            });
+            startup.push(line.clone());
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                 if v["message"] == "listening" {
                     let field = |name: &str| -> SocketAddr {
@@ -867,6 +874,7 @@ impl RelayProcess {
             addr,
             admin_addr,
             lines,
+            startup,
         }
     }
 
