@@ -374,6 +374,7 @@ impl Relay {
             addr,
             admin_addr,
             lines,
+            ..
         } = process;
         let tally = Arc::clone(tally);
         let log = std::thread::spawn(move || {
