@@ -1,6 +1,11 @@
 //! The real binary with its store on a filesystem that keeps only what was fsynced: a power
 //! cut under load (or idle) loses no event that got a 2xx, and the relay starts again on what
 //! survived. See `tests/powerfs` for the fault model.
+//!
+//! Without `/dev/fuse` these tests (and the crash property of `tests/store_model.rs`) skip with a
+//! loud message; `GATE_RELAY_REQUIRE_FAULT_TESTS=1` turns that skip, and every other fault
+//! test's (`tests/faults_disk.rs` without loop devices), into a failure with the reason. CI sets
+//! it, so there a fault test cannot pass by not running.
 
 mod powerfs;
 mod support;

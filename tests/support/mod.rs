@@ -6,6 +6,7 @@
 )]
 
 pub mod rabbit_node;
+pub mod skip;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
