@@ -9,17 +9,37 @@ use support::{BrokerProxy, Options, TestApp, event_body, eventually, unique};
 
 #[tokio::test]
 async fn first_delivery_right_after_start_is_confirmed_not_refused() {
+    // The link passes no bytes at first: the publisher's first connect is certainly still in
+    // its handshake when the delivery arrives (with a direct link it could win the race).
+    let proxy = BrokerProxy::start().await;
+    proxy.blackhole();
     let options = Options {
         ack: "confirmed",
+        amqp_url: proxy.url(),
         wait_for_broker: false,
         ..Options::default()
     };
     let mut app = TestApp::spawn("start.first", options).await;
-    // Sent at once: the publisher is most likely still connecting.
+    let broker = Arc::clone(&app.running.as_ref().expect("running").broker);
     let id = unique("evt");
-    let reply = app
-        .post_event(&event_body(&id, "gate_session.completed"))
-        .await;
+    let body = event_body(&id, "gate_session.completed");
+    let (url, client) = (app.url(support::PATH), app.client.clone());
+    let sent = tokio::spawn(async move {
+        let sig = support::sign(support::SECRET, support::now(), body.as_bytes());
+        support::post(&client, &url, body.into(), Some(&sig)).await
+    });
+    // Answered at once (a 503) when "not connected yet" counts as "down".
+    eventually("the delivery is waiting or answered", || {
+        sent.is_finished() || app.metric("gate_relay_requests_in_flight", &[]) >= 1.0
+    })
+    .await;
+    assert!(
+        !broker.is_connected(),
+        "the publisher must not be connected yet when the first delivery arrives"
+    );
+    // The handshake goes through: the delivery, still within the start's grace, is confirmed.
+    proxy.restore();
+    let reply = sent.await.expect("the request task");
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(
         app.topology

@@ -8,6 +8,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ use support::{Options, PATH, RelayProcess, SECRET, Topology, event_body, now, si
 
 /// Concurrent senders: enough that several requests sit in every stage when the abort lands.
 const CLIENTS: usize = 8;
+/// `std::process::abort()` raises it (Linux's number; no libc crate just for a constant).
+const SIGABRT: i32 = 6;
 /// The failpoint fires on this hit, so a few hundred events were acknowledged before it.
 const HIT: &str = "200";
 
@@ -77,9 +80,11 @@ async fn crash_at(failpoint: &str, ack: &'static str) {
     })
     .await;
     let exit = exit.expect("exited");
-    assert!(
-        !exit.success(),
-        "the relay must die at {failpoint}, got {exit}"
+    // The failpoint's `abort()`, not some other failure (a panic or an error exit).
+    assert_eq!(
+        exit.signal(),
+        Some(SIGABRT),
+        "the relay must die of the failpoint at {failpoint}, got {exit}"
     );
     // The senders see the connection drop and stop; what they got answered is final.
     tokio::time::timeout(support::WAIT, senders.join_all())

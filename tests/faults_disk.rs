@@ -106,7 +106,7 @@ fn write_filler(dir: &Path) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_disk_answers_503_never_a_2xx_it_does_not_keep() {
     let Some(disk) = LoopMount::mount() else {
-        eprintln!("SKIPPED: loop devices are unavailable here (mount -o loop failed)");
+        support::skip::skip("loop devices are unavailable here (mount -o loop failed)");
         return;
     };
     let filler = write_filler(&disk.path());

@@ -1,5 +1,5 @@
 //! `admin::inspection` never panics, and an id it extracts is one non-empty path segment that,
-//! put back into the route's template, gives the exact path it came from.
+//! put back into the route's template (show, replay or drop), gives the exact path it came from.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -37,6 +37,11 @@ fuzz_target!(|input: Input| {
             assert_eq!(method, Method::POST);
             assert!(!id.is_empty() && !id.contains('/'), "{path:?} -> {id:?}");
             assert_eq!(format!("/events/{id}/replay"), path);
+        }
+        Inspection::Drop(id) => {
+            assert_eq!(method, Method::POST);
+            assert!(!id.is_empty() && !id.contains('/'), "{path:?} -> {id:?}");
+            assert_eq!(format!("/events/{id}/drop"), path);
         }
         Inspection::Outbox => assert_eq!((method, path), (Method::GET, "/outbox")),
         Inspection::List => assert_eq!((method, path), (Method::GET, "/events")),

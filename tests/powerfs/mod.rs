@@ -248,12 +248,21 @@ impl PowerFs {
     }
 }
 
-/// Skips (loudly) when this machine has no FUSE device.
+// Also `support::skip` in targets with both modules; store_model.rs has only this one.
+#[allow(
+    clippy::duplicate_mod,
+    reason = "one rule for skips, in targets with and without `support`"
+)]
+#[path = "../support/skip.rs"]
+mod skip;
+
+/// Skips (loudly) when this machine has no FUSE device; with `GATE_RELAY_REQUIRE_FAULT_TESTS=1`
+/// panics instead.
 pub fn fuse_available() -> bool {
     if Path::new("/dev/fuse").exists() {
         return true;
     }
-    eprintln!("SKIPPED: /dev/fuse is absent; the power-loss tests need FUSE");
+    skip::skip("/dev/fuse is absent; the power-loss tests need FUSE");
     false
 }
 
