@@ -9,13 +9,11 @@
 //! cargo run --release --example bench -- [--events N] [--connections C] [--body-bytes B] [--mode durable|confirmed|both] [--consume] [--http2]
 //! ```
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use futures_lite::StreamExt;
 use gate_relay::app::{self, Listeners};
 use gate_relay::config::{Config, Secret};
 use gate_relay::signature;
@@ -23,13 +21,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Connection, ConnectionProperties};
 use tokio::net::TcpListener;
+
+mod common;
 
 const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const SECRET: &str = "whsec_bench_0123456789abcdef0123";
@@ -97,36 +93,7 @@ async fn run_mode(mode: &str, args: &Args) -> anyhow::Result<()> {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let exchange = format!("gate.bench.{nanos}");
     let queue = format!("gate.bench.{nanos}.q");
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    common::declare(&channel, &exchange, &queue).await?;
 
     let store = tempfile::tempdir()?;
     let text = format!(
@@ -171,7 +138,7 @@ secrets = ["{SECRET}"]
 
     let url = format!("http://{}/hook", running.addr);
     let consumed = if args.consume {
-        Some(consume(&broker, &queue).await?)
+        Some(common::consume(&broker.create_channel().await?, &queue, "bench").await?)
     } else {
         None
     };
@@ -294,30 +261,6 @@ secrets = ["{SECRET}"]
         .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
         .await?;
     Ok(())
-}
-
-/// Starts an auto-ack consumer on `queue`; returns the count of messages it has received.
-async fn consume(broker: &Connection, queue: &str) -> anyhow::Result<Arc<AtomicUsize>> {
-    let channel = broker.create_channel().await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "bench".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let count = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&count);
-    tokio::spawn(async move {
-        while let Some(Ok(_delivery)) = consumer.next().await {
-            counted.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-    Ok(count)
 }
 
 #[tokio::main]

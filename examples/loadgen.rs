@@ -17,24 +17,21 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use futures_lite::StreamExt;
 use gate_relay::config::Secret;
 use gate_relay::signature;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Connection, ConnectionProperties};
+
+mod common;
 
 const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -150,64 +147,6 @@ fn broker_pid() -> Option<u32> {
         .output()
         .ok()?;
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()
-}
-
-async fn declare(channel: &Channel, exchange: &str, queue: &str) -> anyhow::Result<()> {
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.into(),
-            exchange.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(())
-}
-
-/// Drains `queue` with an auto-ack consumer, as partners' workers would, so the broker's cost
-/// is that of a queue that stays short.
-async fn consume(channel: &Channel, queue: &str) -> anyhow::Result<Arc<AtomicUsize>> {
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "loadgen".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let count = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&count);
-    tokio::spawn(async move {
-        while let Some(Ok(_delivery)) = consumer.next().await {
-            counted.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-    Ok(count)
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -350,8 +289,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("RabbitMQ at 127.0.0.1:5672")?;
     let channel = broker.create_channel().await?;
-    declare(&channel, &args.exchange, &queue).await?;
-    let consumed = consume(&channel, &queue).await?;
+    common::declare(&channel, &args.exchange, &queue).await?;
+    let consumed = common::consume(&channel, &queue, "loadgen").await?;
     let http = client();
     wait_ready(&http, &args.admin).await?;
 
