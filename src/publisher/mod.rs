@@ -214,7 +214,8 @@ impl Publisher {
             // that end later. Only that range is read again; what is in flight or still
             // backing off is skipped. (A cursor still at `None` reads from the oldest anyway.)
             let before_fill = tokio::time::Instant::now();
-            if let Some(due) = retries.lowest_due(before_fill) {
+            let due = retries.lowest_due(before_fill, |seq| session.in_flight.contains_key(&seq));
+            if let Some(due) = due {
                 session.rewind_to(due);
             }
             match self.fill_window(channel, &mut link, session, retries).await {

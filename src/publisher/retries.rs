@@ -110,10 +110,12 @@ impl Retries {
     }
 
     /// The lowest sequence whose backoff has ended: the publisher's cursor steps back to it.
-    pub(super) fn lowest_due(&self, now: Instant) -> Option<u64> {
+    /// Leaves out what `in_flight` says is being published: stepping back to it would only
+    /// re-read the outbox past it on every turn until its confirm settles.
+    pub(super) fn lowest_due(&self, now: Instant, in_flight: impl Fn(u64) -> bool) -> Option<u64> {
         self.events
             .iter()
-            .filter(|(_, r)| !r.suspect && r.not_before <= now)
+            .filter(|(seq, r)| !r.suspect && r.not_before <= now && !in_flight(**seq))
             .map(|(seq, _)| *seq)
             .min()
     }
@@ -178,7 +180,7 @@ mod tests {
         assert!(r.holds(5, now) && r.holds(3, now));
         assert_eq!(r.next_suspect(), Some(3));
         assert_eq!(r.next_wake(now), None, "suspects wait for no timer");
-        assert_eq!(r.lowest_due(now), None);
+        assert_eq!(r.lowest_due(now, |_| false), None);
     }
 
     #[test]
@@ -208,8 +210,16 @@ mod tests {
         r.refused(4, now);
         r.refused(4, now); // 200 ms
         let later = now + Duration::from_millis(150);
-        assert_eq!(r.lowest_due(later), Some(10));
+        assert_eq!(r.lowest_due(later, |_| false), Some(10));
         assert_eq!(r.next_wake(later), Some(now + Duration::from_millis(200)));
-        assert_eq!(r.lowest_due(now + Duration::from_millis(200)), Some(4));
+        assert_eq!(
+            r.lowest_due(now + Duration::from_millis(200), |_| false),
+            Some(4)
+        );
+        // One being published again is no place to step back to.
+        assert_eq!(
+            r.lowest_due(now + Duration::from_millis(200), |s| s == 4),
+            Some(10)
+        );
     }
 }

@@ -261,6 +261,11 @@ impl Store {
         retention: Retention,
         limits: PruneLimits,
     ) -> Result<PrunePass, StoreError> {
+        // An empty batch would read nothing and never reach the per-pass bound.
+        let limits = PruneLimits {
+            batch: limits.batch.max(1),
+            ..limits
+        };
         let mut pass = PrunePass::default();
         let body_cutoff = now.saturating_sub(ms(retention.bodies));
         let record_cutoff = retention.events.map(|keep| now.saturating_sub(ms(keep)));
