@@ -44,6 +44,8 @@ pub struct Metrics {
     pub body_bytes_in_flight: IntGauge,
     /// Connections and HTTP/2 streams hyper or the edge ended before (or outside) a handler.
     pub connections_refused: IntCounterVec,
+    /// Deliveries whose `X-0bit-Event-Id` header names another id than their signed body.
+    pub event_id_header_mismatch: IntCounterVec,
 }
 
 impl Metrics {
@@ -68,6 +70,7 @@ impl Metrics {
             requests_in_flight: http.requests_in_flight,
             body_bytes_in_flight: http.body_bytes_in_flight,
             connections_refused: http.connections_refused,
+            event_id_header_mismatch: http.event_id_header_mismatch,
             outbox_events: outbox.events,
             outbox_bytes: outbox.bytes,
             outbox_oldest_age: outbox.oldest_age,
@@ -104,6 +107,7 @@ struct Http {
     requests_in_flight: IntGauge,
     body_bytes_in_flight: IntGauge,
     connections_refused: IntCounterVec,
+    event_id_header_mismatch: IntCounterVec,
 }
 
 impl Http {
@@ -142,6 +146,11 @@ impl Http {
                 "gate_relay_connections_refused_total",
                 "Connections and HTTP/2 streams refused or broken outside any handler (hyper's own 431 and 400, header-read timeouts, TLS and protocol errors), by listener and reason.",
                 &["listener", "reason"],
+            ),
+            event_id_header_mismatch: r.counter_vec(
+                "gate_relay_event_id_header_mismatch_total",
+                "Verified deliveries whose X-0bit-Event-Id header differs from the signed envelope's id (the signed id is used; a balancer hashing on the header sends such events to the wrong replica), by endpoint.",
+                &["endpoint"],
             ),
         }
     }

@@ -112,6 +112,7 @@ impl Routes {
         let endpoints = self.endpoints.load_full();
         let endpoint = endpoints.get(req.uri().path());
         let endpoint_label = endpoint.map_or("unknown", |e| e.name.as_str());
+        let header_id = req.headers().get(EVENT_ID_HEADER).cloned();
         let answer = match endpoint {
             None => self.simple(Outcome::NotFound),
             Some(_) if req.method() != Method::POST => self.simple(Outcome::MethodNotAllowed),
@@ -127,6 +128,7 @@ impl Routes {
             },
         };
         let response = self.respond(&answer, &request_id);
+        self.compare_event_id_header(header_id.as_ref(), &answer, endpoint_label, &request_id);
         let latency = started.elapsed();
         self.metrics
             .requests
@@ -152,6 +154,40 @@ impl Routes {
             "request"
         );
         response
+    }
+
+    /// Counts and logs a delivery whose `X-0bit-Event-Id` names another id than its signed
+    /// envelope. The signed id is the one used (the header is not signed); the count matters
+    /// because balancers hash on the header to send every delivery of an id to one replica.
+    /// Only deliveries whose envelope was parsed (verified) are compared; a missing header is
+    /// not a mismatch.
+    fn compare_event_id_header(
+        &self,
+        header: Option<&http::HeaderValue>,
+        answer: &Answer,
+        endpoint: &str,
+        request_id: &str,
+    ) {
+        let (Some(header), Some((event_id, _))) = (header, answer.event.as_ref()) else {
+            return;
+        };
+        if header.as_bytes() == event_id.as_bytes() {
+            return;
+        }
+        self.metrics
+            .event_id_header_mismatch
+            .with_label_values(&[endpoint])
+            .inc();
+        // Bounded in the log: the header is unauthenticated and may be anything.
+        let shown = String::from_utf8_lossy(header.as_bytes());
+        let shown: String = shown.chars().take(MAX_LOGGED_HEADER_CHARS).collect();
+        tracing::warn!(
+            request_id,
+            endpoint,
+            event_id = event_id.as_str(),
+            header_event_id = shown,
+            "X-0bit-Event-Id differs from the signed event id; the signed id is used"
+        );
     }
 
     fn simple(&self, outcome: Outcome) -> Answer {
@@ -366,6 +402,12 @@ impl Routes {
         response
     }
 }
+
+/// 0Gate's informational copy of the event id; balancers hash on it (deploy/nginx).
+const EVENT_ID_HEADER: &str = "x-0bit-event-id";
+
+/// Enough of an unauthenticated header to recognise it in a log line.
+const MAX_LOGGED_HEADER_CHARS: usize = 128;
 
 fn unix_secs(at: SystemTime) -> i64 {
     at.duration_since(std::time::UNIX_EPOCH)
