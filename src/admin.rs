@@ -259,6 +259,7 @@ impl Admin {
                 .oldest_pending_age()
                 .map_or(0, |age| age.as_secs()),
             broker_connected: self.broker.is_connected(),
+            broker_node: self.broker.node(),
             last_publish_error: self.broker.last_error(),
         };
         json(StatusCode::OK, &view)
@@ -427,7 +428,8 @@ impl Admin {
                 "broker_connected": broker,
                 "outbox_below_bound": outbox_below_bound,
                 "draining": draining,
-            }
+            },
+            "broker_node": self.broker.node(),
         });
         let status = if ready {
             StatusCode::OK

@@ -93,6 +93,10 @@ pub struct OutboxView {
     pub parked: u64,
     pub oldest_age_seconds: u64,
     pub broker_connected: bool,
+    /// The index in `amqp.urls` of the broker node connected to; absent while not connected
+    /// (and from relays older than several nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_node: Option<usize>,
     pub last_publish_error: Option<String>,
 }
 

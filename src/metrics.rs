@@ -5,8 +5,8 @@
 //! configured endpoint names, secret positions); never an event id, a path or error text.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Request latency buckets: group commit answers in about a millisecond, a confirm wait can take
@@ -32,6 +32,8 @@ pub struct Metrics {
     pub publishes: IntCounterVec,
     pub publish_confirm: Histogram,
     pub amqp_connected: IntGauge,
+    /// Per configured broker node (its index in `amqp.urls`): 1 while connected to it.
+    pub amqp_node_connected: IntGaugeVec,
     pub amqp_reconnects: IntCounter,
     pub store_size: IntGauge,
     pub store_flush: Histogram,
@@ -79,6 +81,7 @@ impl Metrics {
             publishes: amqp.publishes,
             publish_confirm: amqp.confirm,
             amqp_connected: amqp.connected,
+            amqp_node_connected: amqp.node_connected,
             amqp_reconnects: amqp.reconnects,
             store_size: store.size,
             store_flush: store.flush,
@@ -197,6 +200,7 @@ struct Amqp {
     publishes: IntCounterVec,
     confirm: Histogram,
     connected: IntGauge,
+    node_connected: IntGaugeVec,
     reconnects: IntCounter,
 }
 
@@ -216,6 +220,16 @@ impl Amqp {
             connected: r.gauge(
                 "gate_relay_amqp_connected",
                 "1 when the broker connection and confirm channel are up.",
+            ),
+            node_connected: r.register(
+                IntGaugeVec::new(
+                    Opts::new(
+                        "gate_relay_amqp_node_connected",
+                        "1 for the broker node (its index in amqp.urls) the relay is connected to, 0 for a node it left.",
+                    ),
+                    &["node"],
+                )
+                .expect("valid metric"),
             ),
             reconnects: r.counter(
                 "gate_relay_amqp_reconnects_total",

@@ -214,12 +214,11 @@ pub fn format_outbox(outbox: &OutboxView) -> String {
         ],
         vec![
             "broker".to_owned(),
-            if outbox.broker_connected {
-                "connected"
-            } else {
-                "disconnected"
-            }
-            .to_owned(),
+            match (outbox.broker_connected, outbox.broker_node) {
+                (true, Some(node)) => format!("connected (node {node})"),
+                (true, None) => "connected".to_owned(),
+                (false, _) => "disconnected".to_owned(),
+            },
         ],
         vec![
             "last_publish_error".to_owned(),
@@ -437,6 +436,7 @@ mod tests {
             parked: 1,
             oldest_age_seconds: 9,
             broker_connected: false,
+            broker_node: None,
             last_publish_error: Some("connection refused".into()),
         };
         let report = SendReport {

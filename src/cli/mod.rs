@@ -261,7 +261,12 @@ pub fn run(cli: Cli) -> ExitCode {
                     c.endpoints.len(),
                     c.delivery.ack,
                     c.store.path.display(),
-                    c.amqp.url.redacted()
+                    c.amqp
+                        .urls
+                        .iter()
+                        .map(crate::config::AmqpUrl::redacted)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
                 ExitCode::SUCCESS
             }

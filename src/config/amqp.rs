@@ -41,6 +41,9 @@ const PARK_AFTER_ATTEMPTS: Bound = Bound {
 };
 /// AMQP short strings (exchange names, routing keys) are at most 255 bytes.
 pub(crate) const AMQP_SHORT_STRING: usize = 255;
+/// Broker nodes one relay may list: a cluster is 3 or 5 nodes; the bound keeps the node label
+/// of `gate_relay_amqp_node_connected` a small closed set.
+pub(crate) const MAX_BROKER_NODES: usize = 16;
 
 /// An AMQP URL; `Debug`/`Display` hide the password.
 #[derive(Clone, PartialEq, Eq)]
@@ -78,6 +81,7 @@ impl std::fmt::Debug for AmqpUrl {
 pub(super) struct RawAmqp {
     url: Option<String>,
     url_env: Option<String>,
+    urls: Option<Vec<String>>,
     ca_path: Option<PathBuf>,
     client_cert_path: Option<PathBuf>,
     client_key_path: Option<PathBuf>,
@@ -99,7 +103,10 @@ impl std::fmt::Debug for RawAmqp {
 
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
-    pub url: AmqpUrl,
+    /// The broker's nodes (one with `url` or `url_env`, several with `urls`). The publisher
+    /// starts at a random one and moves to the next when a connect fails or a connection is
+    /// lost, so several relays spread over a cluster.
+    pub urls: Vec<AmqpUrl>,
     /// For `amqps://`: extra CA certificates (PEM) and an optional client certificate and key.
     pub ca_path: Option<PathBuf>,
     pub client_cert_path: Option<PathBuf>,
@@ -131,7 +138,7 @@ impl RawAmqp {
         let reconnect_max_backoff_ms =
             problems.positive(&RECONNECT_MAX_BACKOFF_MS, self.reconnect_max_backoff_ms);
         let park_after_attempts = problems.positive(&PARK_AFTER_ATTEMPTS, self.park_after_attempts);
-        let url = self.url(env, problems);
+        let urls = self.urls(env, problems);
         if self.client_cert_path.is_some() != self.client_key_path.is_some() {
             problems.report(
                 "amqp.client_cert_path",
@@ -145,7 +152,7 @@ impl RawAmqp {
         );
         let ms = Duration::from_millis;
         Some(AmqpConfig {
-            url: url?,
+            urls: urls?,
             ca_path: self.ca_path,
             client_cert_path: self.client_cert_path,
             client_key_path: self.client_key_path,
@@ -160,38 +167,50 @@ impl RawAmqp {
         })
     }
 
-    /// The URL, inline (`url`) or from the environment (`url_env`), exactly one of them.
-    fn url(
+    /// The URLs: one inline (`url`) or from the environment (`url_env`), or several (`urls`);
+    /// exactly one of the three.
+    fn urls(
         &self,
         env: &dyn Fn(&str) -> Option<String>,
         problems: &mut Problems,
-    ) -> Option<AmqpUrl> {
-        let url = match (&self.url, &self.url_env) {
-            (Some(url), None) => url.clone(),
-            (None, Some(var)) => problems.check(
+    ) -> Option<Vec<AmqpUrl>> {
+        let (key, urls) = match (&self.url, &self.url_env, &self.urls) {
+            (Some(url), None, None) => ("amqp.url", vec![url.clone()]),
+            (None, Some(var), None) => (
                 "amqp.url_env",
-                env(var).ok_or_else(|| format!("environment variable {var} is not set")),
-            )?,
-            (Some(_), Some(_)) => {
-                problems.report("amqp.url", "set either url or url_env, not both");
-                return None;
-            }
-            (None, None) => {
+                vec![problems.check(
+                    "amqp.url_env",
+                    env(var).ok_or_else(|| format!("environment variable {var} is not set")),
+                )?],
+            ),
+            (None, None, Some(urls)) => ("amqp.urls", urls.clone()),
+            (None, None, None) => {
                 problems.report(
                     "amqp.url",
-                    "set url, or url_env to read it from the environment",
+                    "set url, url_env to read it from the environment, or urls for several nodes",
                 );
                 return None;
             }
+            _ => {
+                problems.report("amqp.url", "set one of url, url_env and urls");
+                return None;
+            }
         };
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        if urls.is_empty() || urls.len() > MAX_BROKER_NODES {
             problems.report(
-                "amqp.url",
-                "must start with amqp:// or amqps:// (value not shown)",
+                key,
+                format!("list between 1 and {MAX_BROKER_NODES} broker nodes"),
             );
             return None;
         }
-        Some(AmqpUrl(url))
+        if urls
+            .iter()
+            .any(|url| !(url.starts_with("amqp://") || url.starts_with("amqps://")))
+        {
+            problems.report(key, "must start with amqp:// or amqps:// (value not shown)");
+            return None;
+        }
+        Some(urls.into_iter().map(AmqpUrl).collect())
     }
 
     /// `exchange` and `declare_queue` are AMQP short strings outside RabbitMQ's `amq.` namespace.
@@ -230,8 +249,49 @@ mod tests {
         let debug = format!("{c:?}");
         assert!(!debug.contains("whsec_live"), "{debug}");
         assert!(!debug.contains("guest:guest"), "{debug}");
-        assert_eq!(c.amqp.url.redacted(), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(
+            c.amqp.urls[0].redacted(),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
         let at = AmqpUrl("amqp://relay:p@ss@broker:5672/%2f".to_owned());
         assert_eq!(at.redacted(), "amqp://relay:***@broker:5672/%2f");
+    }
+
+    #[test]
+    fn several_broker_nodes_are_listed_with_urls_and_exactly_one_form_is_allowed() {
+        let one = r#"url = "amqp://guest:guest@127.0.0.1:5672/%2f""#;
+        let with = |amqp: &str| MINIMAL.replace(one, amqp);
+        let c = Config::parse(
+            &with(r#"urls = ["amqp://a:pw@n1:5672/%2f", "amqps://a:pw@n2:5671/%2f"]"#),
+            &no_env,
+        )
+        .expect("valid");
+        let shown: Vec<_> = c.amqp.urls.iter().map(AmqpUrl::redacted).collect();
+        assert_eq!(
+            shown,
+            ["amqp://a:***@n1:5672/%2f", "amqps://a:***@n2:5671/%2f"]
+        );
+        for (amqp, problem) in [
+            (
+                format!(
+                    r#"{one}
+urls = ["amqp://n2"]"#
+                ),
+                "amqp.url: set one of url, url_env and urls",
+            ),
+            (
+                "urls = []".to_owned(),
+                "amqp.urls: list between 1 and 16 broker nodes",
+            ),
+            (
+                r#"urls = ["amqp://n1", "http://pw@n2"]"#.to_owned(),
+                "amqp.urls: must start with amqp:// or amqps:// (value not shown)",
+            ),
+        ] {
+            let err = Config::parse(&with(&amqp), &no_env).expect_err("invalid");
+            let text = err.to_string();
+            assert!(text.contains(problem), "{text}");
+            assert!(!text.contains("pw@"), "no URL is quoted: {text}");
+        }
     }
 }

@@ -6,23 +6,27 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use super::PublishError;
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, AmqpUrl};
 
-pub(super) async fn connect(config: &AmqpConfig) -> Result<(Connection, Channel), PublishError> {
+/// Connects to `url`, one of `config.urls`.
+pub(super) async fn connect(
+    config: &AmqpConfig,
+    url: &AmqpUrl,
+) -> Result<(Connection, Channel), PublishError> {
     let timeout = config.connect_timeout;
     let setup = async {
         let properties = ConnectionProperties::default().with_connection_name("gate-relay".into());
-        let connection = if config.url.expose().starts_with("amqps://") {
+        let connection = if url.expose().starts_with("amqps://") {
             let tls = tls_config(config)?;
             Connection::connect_with_config(
-                config.url.expose(),
+                url.expose(),
                 properties,
                 tls,
                 lapin::runtime::default_runtime()?,
             )
             .await?
         } else {
-            Connection::connect(config.url.expose(), properties).await?
+            Connection::connect(url.expose(), properties).await?
         };
         let channel = connection.create_channel().await?;
         channel

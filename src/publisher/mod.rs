@@ -121,20 +121,24 @@ impl Publisher {
             self.config.park_after_attempts,
             self.config.reconnect_max_backoff,
         );
+        let nodes = self.config.urls.len();
+        // A random first node, so that relays sharing a cluster spread over its nodes.
+        let mut node = random_index(nodes);
         while !shutdown.is_cancelled() {
-            match connect::connect(&self.config).await {
+            let url = &self.config.urls[node];
+            match connect::connect(&self.config, url).await {
                 Ok((connection, channel)) => {
                     if connected_before {
                         self.metrics.amqp_reconnects.inc();
                     }
                     connected_before = true;
                     backoff = INITIAL_BACKOFF;
-                    self.status.set(true, &self.metrics);
-                    tracing::info!(url = %self.config.url.redacted(), "broker connected");
+                    self.status.set(true, node, &self.metrics);
+                    tracing::info!(url = %url.redacted(), node, "broker connected");
                     let outcome = self
                         .publish_until_failure(&connection, &channel, &shutdown, &mut retries)
                         .await;
-                    self.status.set(false, &self.metrics);
+                    self.status.set(false, node, &self.metrics);
                     let _ = tokio::time::timeout(
                         CLOSE_TIMEOUT,
                         connection.close(200, "shutdown".into()),
@@ -143,15 +147,18 @@ impl Publisher {
                     match outcome {
                         Ok(()) => break,
                         Err(e) => {
-                            tracing::warn!(error = %e, "broker connection lost; reconnecting")
+                            tracing::warn!(error = %e, node, "broker connection lost; reconnecting")
                         }
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connect failed");
+                    tracing::warn!(error = %e, node, retry_in_ms = backoff.as_millis() as u64, "broker connect failed");
                     self.status.record_error(format!("connect failed: {e}"));
                 }
             }
+            // The next node after a failed connect or a lost connection (the same one when
+            // there is only one), after the same capped backoff.
+            node = (node + 1) % nodes;
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = shutdown.cancelled() => break,
@@ -273,11 +280,13 @@ impl Publisher {
             Some(lapin::Event::ConnectionBlocked(reason)) => {
                 tracing::warn!(%reason, "broker blocked publishing (resource alarm)");
                 session.blocked = true;
-                self.status.set(false, &self.metrics);
+                self.status
+                    .set(false, self.status.last_node(), &self.metrics);
             }
             Some(lapin::Event::ConnectionUnblocked) => {
                 tracing::info!("broker unblocked publishing");
-                self.status.set(true, &self.metrics);
+                self.status
+                    .set(true, self.status.last_node(), &self.metrics);
             }
             Some(_) => {}
             None => return Err(PublishError::ConnectionLost),
@@ -377,4 +386,12 @@ impl Publisher {
         self.spawn_confirm(session, link, confirm, sent, started);
         Ok(())
     }
+}
+
+/// A random index below `n` (n > 0), from the standard library's randomly seeded hasher: no
+/// random-number crate for one draw at start.
+fn random_index(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let draw = std::hash::RandomState::new().build_hasher().finish();
+    usize::try_from(draw % n as u64).unwrap_or(0)
 }

@@ -113,6 +113,8 @@ pub struct Options {
     pub park_after_attempts: u32,
     /// Further `[server]` lines, verbatim (keys a test needs that have no field here).
     pub server_extra: String,
+    /// `[amqp] urls` (several broker nodes) instead of `amqp_url`, when not empty.
+    pub amqp_urls: Vec<String>,
 }
 
 impl Default for Options {
@@ -134,6 +136,7 @@ impl Default for Options {
             live_endpoint: false,
             park_after_attempts: 20,
             server_extra: String::new(),
+            amqp_urls: Vec::new(),
         }
     }
 }
@@ -406,7 +409,7 @@ listen = "{admin}"
 path = "{store}"
 max_outbox_events = {max_outbox}
 [amqp]
-url = "{url}"
+{url}
 exchange = "{exchange}"
 connect_timeout_ms = 2000
 publish_confirm_timeout_ms = 3000
@@ -442,7 +445,11 @@ tolerance_secs = 300
         header_timeout = options.header_read_timeout_ms,
         store = store.display(),
         max_outbox = options.max_outbox_events,
-        url = options.amqp_url,
+        url = if options.amqp_urls.is_empty() {
+            format!("url = \"{}\"", options.amqp_url)
+        } else {
+            format!("urls = {:?}", options.amqp_urls)
+        },
         ack = options.ack,
         confirm_timeout = options.confirm_timeout_ms,
         amqp_ca = options
