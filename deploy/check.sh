@@ -39,8 +39,8 @@
 #   test-only prebuilt path, not images.
 # - The ServiceMonitor is validated by its CRD schema (npm), not by kubernetes-validate, which
 #   knows only built-in kinds; that schema, like every CRD's, allows unknown fields.
-# - deploy/envoy/gate-relay.yaml is not run: Envoy is not packaged for Debian bookworm (nor on
-#   PyPI or npm). It is decoded with Envoy's generated API types (PyPI xds-protos), which catches
+# - deploy/envoy/gate-relay.yaml is not run: Envoy is not packaged for Debian bookworm, and no
+#   Envoy binary is on PyPI or npm. It is decoded with Envoy's generated API types (PyPI xds-protos), which catches
 #   unknown fields, wrong types and enums, and typed configs that do not exist, but not Envoy's
 #   own validation rules (protoc-gen-validate) or what Envoy decides at start (DNS, files).
 # - kubernetes/ingress-nginx.yaml is optional (it needs the ingress-nginx controller), so it is
@@ -72,6 +72,10 @@ cleanup() {
   if [ -n "$vhost" ]; then
     rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
   fi
+  # deploy/nginx/check.py stops its nginx itself; this covers it being killed first.
+  for pid_file in "$work"/nginx/*.pid; do
+    if [ -s "$pid_file" ]; then kill "$(cat "$pid_file")" 2>/dev/null || true; fi
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
