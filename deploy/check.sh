@@ -3,10 +3,12 @@
 # Run from anywhere, as root on a fresh Debian machine or a developer's; .ci/run calls it. Fails on
 # any validator error. Installs what it needs and reuses it on the next run:
 #   Debian:  prometheus (promtool), shellcheck, python3-venv, nodejs, npm, systemd
-#            (systemd-analyze), procps (the unit's /bin/kill) when missing
+#            (systemd-analyze), procps (the unit's /bin/kill), nginx, openssl when missing
 #   PyPI:    a venv under ${XDG_CACHE_HOME:-$HOME/.cache}/gate-relay-deploy-check with the pinned
 #            versions in `python_tools` below (kubectl with its kustomize, kubernetes-validate,
 #            check-jsonschema, hadolint, grafana-foundation-sdk, checkov, PyYAML)
+#            and, in a venv of its own (its protobuf stays out of the tools above), xds-protos:
+#            Envoy's API types, `envoy_tools` below
 #   npm:     @kubernetes-models/prometheus-operator (the ServiceMonitor's CRD schema), same cache
 # Warm caches: about a minute; cold: a few minutes (checkov is the big download).
 #
@@ -15,7 +17,11 @@
 # the relay configs (gate-relay check-config when a built binary exists); the Kubernetes manifests
 # (kustomize, then kubernetes-validate --strict, the ServiceMonitor against its CRD schema); the
 # compose file (compose spec) and its Prometheus config (promtool check config); the systemd unit
-# (systemd-analyze verify and an exposure threshold); the RabbitMQ definitions (imported into a
+# (systemd-analyze verify and an exposure threshold); the balancers in front of several replicas
+# (nginx: `nginx -t`, then its hashing, body and retry behaviour against stand-in replicas; the
+# ingress-nginx Ingress: kubernetes-validate --strict and checkov; Envoy: decoded with Envoy's
+# API types);
+# the RabbitMQ definitions (imported into a
 # throwaway vhost, when rabbitmqctl reaches a node; the compose copy matches and boots a throwaway
 # node of the local RabbitMQ with its users, queues and passwords); the linters
 # hadolint and shellcheck; checkov's policies.
@@ -33,6 +39,13 @@
 #   test-only prebuilt path, not images.
 # - The ServiceMonitor is validated by its CRD schema (npm), not by kubernetes-validate, which
 #   knows only built-in kinds; that schema, like every CRD's, allows unknown fields.
+# - deploy/envoy/gate-relay.yaml is not run: Envoy is not packaged for Debian bookworm, and no
+#   Envoy binary is on PyPI or npm. It is decoded with Envoy's generated API types (PyPI xds-protos), which catches
+#   unknown fields, wrong types and enums, and typed configs that do not exist, but not Envoy's
+#   own validation rules (protoc-gen-validate) or what Envoy decides at start (DNS, files).
+# - kubernetes/ingress-nginx.yaml is optional (it needs the ingress-nginx controller), so it is
+#   not in kustomization.yaml; it is validated on its own. Its annotations are strings to
+#   kubernetes-validate: their meaning is checked through deploy/nginx/gate-relay.conf, not here.
 #
 # Not checked here: building and running the image, the compose stack and the pod spec
 # (deploy/test-image.sh, opt-in: it needs podman and several minutes).
@@ -59,6 +72,10 @@ cleanup() {
   if [ -n "$vhost" ]; then
     rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
   fi
+  # deploy/nginx/check.py stops its nginx itself; this covers it being killed first.
+  for pid_file in "$work"/nginx/*.pid; do
+    if [ -s "$pid_file" ]; then kill "$(cat "$pid_file")" 2>/dev/null || true; fi
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -258,7 +275,9 @@ for r in kust["resources"]:
             assert key in o, f"{path}: {key} missing"
         assert o.get("metadata", {}).get("name"), f"{path}: metadata.name missing"
         objects[(o["kind"], o["metadata"]["name"])] = o
-unlisted = {f for f in docs if f.startswith(k8s + "/")} - {os.path.join(k8s, r) for r in kust["resources"]} - {f"{k8s}/kustomization.yaml"}
+# Optional files, applied on their own and checked below (see the header).
+optional = {f"{k8s}/ingress-nginx.yaml"}
+unlisted = {f for f in docs if f.startswith(k8s + "/")} - {os.path.join(k8s, r) for r in kust["resources"]} - {f"{k8s}/kustomization.yaml"} - optional
 assert not unlisted, f"not in kustomization.yaml: {unlisted}"
 sts = objects[("StatefulSet", "gate-relay")]
 spec = sts["spec"]
@@ -290,7 +309,16 @@ monitor = objects[("ServiceMonitor", "gate-relay")]
 monitored = [o for (k, _), o in objects.items() if k == "Service" and all(o["metadata"]["labels"].get(a) == b for a, b in monitor["spec"]["selector"]["matchLabels"].items())]
 assert monitored and all(any(p["name"] == "admin" for p in s["spec"]["ports"]) for s in monitored), "the ServiceMonitor finds the admin port"
 assert objects[("Service", "gate-relay")]["spec"]["ports"][0]["port"] == 8080
-print("kubernetes: names, ports, probes, volumes and selectors agree")
+(ingress,) = docs[f"{k8s}/ingress-nginx.yaml"]
+assert ingress["kind"] == "Ingress", "ingress-nginx.yaml holds one Ingress"
+assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"] == "$http_x_0bit_event_id", "the Ingress hashes on the event id"
+for rule in ingress["spec"]["rules"]:
+    for p in rule["http"]["paths"]:
+        backend = p["backend"]["service"]
+        service = objects.get(("Service", backend["name"]))
+        assert service, f"the Ingress names Service {backend['name']}, which does not exist"
+        assert backend["port"]["name"] in {q["name"] for q in service["spec"]["ports"]}, "the Ingress names a port of its Service"
+print("kubernetes: names, ports, probes, volumes and selectors agree (the optional Ingress too)")
 
 # Compose: every file it mounts exists; the relay's admin listener is reachable for Prometheus.
 compose_dir = "deploy/compose"
@@ -478,6 +506,8 @@ print(f"kustomize rendered {len(docs)} objects:", ", ".join(f"{d['kind']}/{d['me
 PY
 kubernetes-validate --strict --quiet "$work/core.yaml" || fail "kubernetes-validate: see above"
 echo "ok  every built-in object passes kubernetes-validate --strict"
+kubernetes-validate --strict --quiet deploy/kubernetes/ingress-nginx.yaml || fail "kubernetes-validate: see above"
+echo "ok  the optional deploy/kubernetes/ingress-nginx.yaml passes kubernetes-validate --strict"
 # Node resolves the package from the script's own directory, so the script sits in the npm dir.
 cat >"$npm_dir/check-servicemonitor.mjs" <<'JS'
 import { readFileSync } from "node:fs";
@@ -502,6 +532,38 @@ promtool check config "$work/prometheus.yml" >/dev/null ||
 echo "ok  deploy/compose/prometheus.yml"
 
 # ---------------------------------------------------------------------------------------------
+step "nginx: nginx -t on deploy/nginx/gate-relay.conf, then its behaviour against stand-in replicas"
+if ! command -v nginx >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+  echo "nginx or openssl missing: installing Debian's nginx and openssl packages"
+  t0=$SECONDS
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nginx openssl >/dev/null
+  echo "installed in $((SECONDS - t0)) s"
+fi
+# Everything under a throwaway prefix ($work/nginx): no running nginx needed, nothing system-wide
+# read or written but the binary. `nginx -t` sees the file as shipped, with a throwaway certificate
+# and 127.0.0.1x stand-ins for the replica names (nginx resolves them when it loads a config, and
+# they resolve only inside a deployment); the behaviour run (its header says what it checks)
+# replaces them with stand-in servers on free loopback ports and stops nginx at the end.
+mkdir "$work/nginx"
+"$py" deploy/nginx/check.py "$work/nginx" || fail "deploy/nginx/gate-relay.conf: see above"
+
+# ---------------------------------------------------------------------------------------------
+step "Envoy: deploy/envoy/gate-relay.yaml decodes with Envoy's API types (not run, see the header)"
+envoy_tools="xds-protos==1.85.0 pyyaml==6.0.3"
+envoy_venv="$cache/envoy-venv"
+if [ "$(cat "$envoy_venv/.gate-relay-tools" 2>/dev/null)" != "$envoy_tools" ]; then
+  echo "creating $envoy_venv"
+  rm -rf "$envoy_venv"
+  python3 -m venv "$envoy_venv"
+  # shellcheck disable=SC2086 # the list is word-split on purpose
+  "$envoy_venv/bin/pip" install --quiet --disable-pip-version-check $envoy_tools
+  printf '%s' "$envoy_tools" >"$envoy_venv/.gate-relay-tools"
+fi
+"$envoy_venv/bin/python" deploy/envoy/check.py || fail "deploy/envoy/gate-relay.yaml: see above"
+
+# ---------------------------------------------------------------------------------------------
 step "lint: hadolint (Dockerfile), shellcheck (deploy/*.sh)"
 hadolint deploy/docker/Dockerfile || fail "hadolint: see above"
 echo "ok  deploy/docker/Dockerfile"
@@ -509,9 +571,9 @@ shellcheck deploy/*.sh || fail "shellcheck: see above"
 echo "ok  $(echo deploy/*.sh)"
 
 # ---------------------------------------------------------------------------------------------
-step "checkov: the rendered manifests and the Dockerfile"
+step "checkov: the rendered manifests, the optional Ingress and the Dockerfile"
 mkdir "$work/checkov"
-cp "$work/kubernetes.yaml" deploy/docker/Dockerfile "$work/checkov/"
+cp "$work/kubernetes.yaml" deploy/kubernetes/ingress-nginx.yaml deploy/docker/Dockerfile "$work/checkov/"
 # The two skips are the deliberate exceptions in this script's header.
 checkov --directory "$work/checkov" --framework kubernetes dockerfile --compact --quiet \
   --skip-download --skip-check CKV_K8S_43,CKV_K8S_35 >"$work/checkov.out" 2>&1 ||
