@@ -214,11 +214,16 @@ pub fn format_outbox(outbox: &OutboxView) -> String {
         ],
         vec![
             "broker".to_owned(),
-            match (outbox.broker_connected, outbox.broker_node) {
-                (true, Some(node)) => format!("connected (node {node})"),
-                (true, None) => "connected".to_owned(),
-                (false, _) => "disconnected".to_owned(),
-            },
+            if outbox.broker_connected {
+                "connected"
+            } else {
+                "disconnected"
+            }
+            .to_owned(),
+        ],
+        vec![
+            "broker_node".to_owned(),
+            or_dash(outbox.broker_node.map(|n| n.to_string())),
         ],
         vec![
             "last_publish_error".to_owned(),
@@ -449,7 +454,7 @@ mod tests {
         let cases = [
             (
                 format_outbox(&outbox),
-                "events              3\nbytes               120\nparked              1\noldest_age          9 s\nbroker              disconnected\nlast_publish_error  connection refused\n",
+                "events              3\nbytes               120\nparked              1\noldest_age          9 s\nbroker              disconnected\nbroker_node         -\nlast_publish_error  connection refused\n",
             ),
             (
                 format_replayed(&Acted {
