@@ -11,29 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, ExchangeKind};
-use support::{Options, TestApp, WAIT, event_body, eventually, unique};
+use lapin::options::ExchangeDeleteOptions;
+use support::{Options, TestApp, WAIT, declare_exchange, event_body, eventually, unique};
 
 /// Events sent in all, at [`PACE`]: long enough to straddle the outage.
 const EVENTS: usize = 300;
 const PACE: Duration = Duration::from_millis(5);
-
-async fn declare_exchange(channel: &Channel, exchange: &str) {
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare the exchange again");
-}
 
 #[tokio::test]
 async fn a_channel_closed_by_the_broker_is_replaced_and_nothing_acknowledged_is_lost() {

@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -28,13 +28,6 @@ const END_HEADERS: u8 = 0x4;
 const CANCEL: u32 = 0x8;
 const REFUSED_STREAM: u32 = 0x7;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
-
-fn refused(app: &TestApp, reason: &str) -> f64 {
-    app.metric(
-        "gate_relay_connections_refused_total",
-        &[("listener", "webhook"), ("reason", reason)],
-    )
-}
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len()).expect("small frame");
@@ -123,21 +116,6 @@ async fn read_until_closed(mut stream: TcpStream) -> String {
     String::from_utf8_lossy(&rest).into_owned()
 }
 
-/// A fresh signed delivery gets 200 within 5 s: far below "never" (a slot held for good),
-/// with room for a loaded machine.
-async fn still_serving(app: &TestApp) {
-    let started = Instant::now();
-    let reply = app
-        .post_event(&event_body(&unique("evt"), "gate_session.completed"))
-        .await;
-    assert_eq!(reply.status, 200);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
-}
-
 /// An HTTP/2 connection through hyper's client.
 async fn h2_client(app: &TestApp) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
     let tcp = TcpStream::connect(app.addr).await.expect("connect");
@@ -178,7 +156,7 @@ async fn an_h2_request_with_too_many_or_too_large_headers_is_refused_with_431_an
             .expect("answered");
         assert_eq!(response.status(), 431);
     }
-    assert_eq!(refused(&app, "head_too_large"), 3.0);
+    assert_eq!(app.refused("head_too_large"), 3.0);
     assert_eq!(app.metric("gate_relay_requests_total", &[]), 0.0);
     assert_eq!(
         app.post_event(&event_body(&unique("evt"), "t"))
@@ -247,10 +225,10 @@ async fn a_flood_of_h2_streams_reset_right_after_opening_is_cut_off_and_the_rela
     .expect("the flood is answered in time");
     assert_eq!(goaway, Some(ENHANCE_YOUR_CALM));
     support::eventually("the flood is counted", || {
-        refused(&app, "protocol_error") == 1.0
+        app.refused("protocol_error") == 1.0
     })
     .await;
-    still_serving(&app).await;
+    app.assert_still_serving().await;
     app.stop().await;
     app.topology.delete().await;
 }
@@ -318,7 +296,7 @@ async fn an_h2_peer_that_never_reads_its_responses_loses_its_slot_within_twice_t
         .await
         .expect("write");
     // Closed when idle (300 ms), dropped if still not done after as long again.
-    still_serving(&app).await;
+    app.assert_still_serving().await;
     let closed = tokio::time::timeout(support::WAIT, async {
         while next_frame(&mut reader).await.is_some() {}
     })
@@ -401,7 +379,7 @@ async fn kept_alive_http1_connections_that_expire_idle_are_not_counted_as_refuse
         assert!(answer.starts_with("HTTP/1.1 404"), "{answer:?}");
     }
     // A refusal is counted before the connection's socket is dropped, so before the EOF above.
-    assert_eq!(refused(&app, "header_timeout"), 0.0);
+    assert_eq!(app.refused("header_timeout"), 0.0);
     app.stop().await;
     app.topology.delete().await;
 }
@@ -427,7 +405,7 @@ async fn a_head_not_finished_before_the_header_read_timeout_is_closed_and_counte
         read_until_closed(stream).await;
     }
     support::eventually("both closes are counted", || {
-        refused(&app, "header_timeout") == 2.0
+        app.refused("header_timeout") == 2.0
     })
     .await;
     assert_eq!(app.metric("gate_relay_requests_total", &[]), 0.0);

@@ -150,6 +150,22 @@ pub struct Arrivals {
     pub duplicates: usize,
 }
 
+/// A durable topic exchange, as the relay declares it (again, after a test deleted it).
+pub async fn declare_exchange(channel: &Channel, exchange: &str) {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare exchange");
+}
+
 /// The exchange and queue a test owns.
 pub struct Topology {
     pub exchange: String,
@@ -173,18 +189,7 @@ impl Topology {
         let channel = connection.create_channel().await.expect("channel");
         let exchange = unique(&format!("gate.test.{name}"));
         let queue = unique(&format!("gate.test.{name}.q"));
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare exchange");
+        declare_exchange(&channel, &exchange).await;
         let mut args = FieldTable::default();
         // Leftovers of a crashed test run disappear after a minute unused.
         args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
@@ -638,6 +643,30 @@ impl TestApp {
 
     pub async fn post_raw(&self, path: &str, body: Bytes, signature: Option<&str>) -> Reply {
         post(&self.client, &self.url(path), body, signature).await
+    }
+
+    /// Connections (or HTTP/2 streams) on the webhook listener that hyper refused before a
+    /// handler ran, for `reason`.
+    pub fn refused(&self, reason: &str) -> f64 {
+        self.metric(
+            "gate_relay_connections_refused_total",
+            &[("listener", "webhook"), ("reason", reason)],
+        )
+    }
+
+    /// A fresh signed delivery gets 200 within 5 s: far below "never" (a slot held for good),
+    /// with room for a loaded machine.
+    pub async fn assert_still_serving(&self) {
+        let started = std::time::Instant::now();
+        let reply = self
+            .post_event(&event_body(&unique("evt"), "gate_session.completed"))
+            .await;
+        assert_eq!(reply.status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     /// The value of a metric sample, e.g. `metric("gate_relay_requests_total", &[("outcome", "accepted")])`.
