@@ -5,35 +5,11 @@
 
 mod support;
 
-use std::process::Output;
+use support::cli::{assert_exit, cli, text};
+
 use std::time::Duration;
 
-use support::{Options, TestApp, WAIT, event_body, eventually, unique};
-
-/// Runs the binary without blocking the runtime that serves the relay under test.
-async fn cli(args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_gate-relay"));
-    command.args(args).kill_on_drop(true);
-    tokio::time::timeout(WAIT, command.output())
-        .await
-        .expect("the command finished in time")
-        .expect("the command ran")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-#[track_caller]
-fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
+use support::{Options, TestApp, event_body, eventually, unique};
 
 /// `gate_relay_events_parked` as a scrape of `/metrics` reports it (the gauge is set when
 /// scraped, so reading the registry directly would show a stale value).
@@ -51,9 +27,12 @@ async fn parked_gauge(app: &TestApp) -> f64 {
 }
 
 async fn parked_ids(admin: &str) -> Vec<String> {
-    let out = cli(&[
-        "events", "list", "--state", "parked", "--json", "--admin", admin,
-    ])
+    let out = cli(
+        &[
+            "events", "list", "--state", "parked", "--json", "--admin", admin,
+        ],
+        &[],
+    )
     .await;
     assert_exit(&out, 0);
     let page: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -97,7 +76,11 @@ async fn parked_events_are_listed_dropped_and_replayed_from_the_command_line() {
     eventually("both events are parked", || store.parked_count() == 2).await;
     assert_eq!(parked_gauge(&app).await, 2.0);
 
-    let table = cli(&["events", "list", "--state", "parked", "--admin", &admin]).await;
+    let table = cli(
+        &["events", "list", "--state", "parked", "--admin", &admin],
+        &[],
+    )
+    .await;
     assert_exit(&table, 0);
     let stdout = text(&table.stdout);
     for id in &ids {
@@ -111,19 +94,19 @@ async fn parked_events_are_listed_dropped_and_replayed_from_the_command_line() {
     assert_eq!(parked_ids(&admin).await, ids);
 
     // The operator decides not to deliver one.
-    let dropped = cli(&["events", "drop", to_drop, "--admin", &admin]).await;
+    let dropped = cli(&["events", "drop", to_drop, "--admin", &admin], &[]).await;
     assert_exit(&dropped, 0);
     assert!(text(&dropped.stdout).contains(to_drop.as_str()));
     assert_eq!(parked_gauge(&app).await, 1.0);
     assert_eq!(parked_ids(&admin).await, std::slice::from_ref(to_replay));
-    let again = cli(&["events", "drop", to_drop, "--admin", &admin]).await;
+    let again = cli(&["events", "drop", to_drop, "--admin", &admin], &[]).await;
     assert_exit(&again, 1);
     assert!(
         text(&again.stderr).contains("not_parked"),
         "{}",
         text(&again.stderr)
     );
-    let show = cli(&["events", "show", to_drop, "--admin", &admin]).await;
+    let show = cli(&["events", "show", to_drop, "--admin", &admin], &[]).await;
     assert_exit(&show, 0);
     let shown = text(&show.stdout);
     assert!(
@@ -135,12 +118,16 @@ async fn parked_events_are_listed_dropped_and_replayed_from_the_command_line() {
 
     // And fixes the topology, then replays the other.
     app.topology.bind("#").await;
-    let replayed = cli(&["events", "replay", to_replay, "--admin", &admin]).await;
+    let replayed = cli(&["events", "replay", to_replay, "--admin", &admin], &[]).await;
     assert_exit(&replayed, 0);
     assert_eq!(text(&replayed.stdout), format!("queued {to_replay}\n"));
     app.outbox_drained().await;
     assert_eq!(parked_gauge(&app).await, 0.0);
-    let none = cli(&["events", "list", "--state", "parked", "--admin", &admin]).await;
+    let none = cli(
+        &["events", "list", "--state", "parked", "--admin", &admin],
+        &[],
+    )
+    .await;
     assert_exit(&none, 0);
     assert_eq!(text(&none.stdout), "no events\n");
     assert_eq!(

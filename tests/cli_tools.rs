@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::cli::{assert_exit, assert_exit_with, cli, text};
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -18,41 +20,6 @@ const SDK: &str = "0bit-gate==0.1.4";
 
 fn relay() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gate-relay"))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs the binary without blocking the runtime that serves the relay under test.
-async fn cli(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_gate-relay"));
-    command
-        .args(args)
-        .envs(envs.iter().copied())
-        .kill_on_drop(true);
-    tokio::time::timeout(WAIT, command.output())
-        .await
-        .expect("the command finished in time")
-        .expect("the command ran")
-}
-
-/// Asserts the exit code, showing both streams when it is wrong.
-#[track_caller]
-/// The exit code, and a phrase the error output must contain.
-fn assert_exit_with(out: &Output, code: i32, phrase: &str) {
-    assert_exit(out, code);
-    assert!(text(&out.stderr).contains(phrase), "{}", text(&out.stderr));
-}
-
-fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
 }
 
 fn admin_base(app: &TestApp) -> String {

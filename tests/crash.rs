@@ -3,16 +3,10 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use support::{Options, PATH, RelayProcess, SECRET, Topology, event_body, now, sign, unique};
+use support::{Options, RelayProcess, Topology};
 
-/// Distinct events each client keeps sending until told to stop.
-const CLIENTS: usize = 16;
 /// How many 2xx answers to collect before pulling the plug: enough that requests are in flight
 /// in every stage (reading, flushing, confirming) when the signal lands.
 const ACKED_BEFORE_SIGNAL: usize = 300;
@@ -20,62 +14,6 @@ const ACKED_BEFORE_SIGNAL: usize = 300;
 /// 2 busy cores, so 300 did not always fit in `support::WAIT`; the 16 senders still keep
 /// requests in every stage.
 const LARGE_ACKED_BEFORE_SIGNAL: usize = 100;
-
-/// What each acknowledged id was sent with.
-type Acked = Arc<Mutex<HashMap<String, Bytes>>>;
-
-/// An event whose body is about `pad` bytes larger than usual (0: the usual body).
-fn body_for(id: &str, pad: usize) -> String {
-    let body = event_body(id, "gate_session.completed");
-    if pad == 0 {
-        return body;
-    }
-    let open = body.rfind('}').expect("a JSON object");
-    format!(r#"{},"pad":"{}"}}"#, &body[..open], "x".repeat(pad))
-}
-
-/// Sends distinct signed events from CLIENTS tasks until `stop` or until the relay goes away.
-/// A request in hand is never abandoned for `stop`: a 2xx that arrived is always counted.
-fn load(
-    addr: SocketAddr,
-    stop: tokio_util::sync::CancellationToken,
-    pad: usize,
-) -> (Acked, tokio::task::JoinSet<()>) {
-    let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
-    let mut senders = tokio::task::JoinSet::new();
-    let url = format!("http://{addr}{PATH}");
-    for _ in 0..CLIENTS {
-        let (acked, url, stop) = (Arc::clone(&acked), url.clone(), stop.clone());
-        let client = support::http_client();
-        senders.spawn(async move {
-            while !stop.is_cancelled() {
-                let id = unique("evt");
-                let body = Bytes::from(body_for(&id, pad));
-                let sig = sign(SECRET, now(), &body);
-                let request = http::Request::post(&url)
-                    .header("Gate-Signature", sig)
-                    .body(http_body_util::Full::new(body.clone()))
-                    .expect("request");
-                match client.request(request).await {
-                    Ok(response) if response.status().is_success() => {
-                        acked.lock().expect("lock").insert(id, body);
-                    }
-                    Ok(_) => {}
-                    Err(_) => break, // the relay is gone
-                }
-            }
-        });
-    }
-    (acked, senders)
-}
-
-async fn wait_for_acks(acked: &Acked, n: usize) {
-    let acked = Arc::clone(acked);
-    support::eventually("enough deliveries were acknowledged", move || {
-        acked.lock().expect("lock").len() >= n
-    })
-    .await;
-}
 
 async fn crash_and_restart(ack: &'static str, kill: bool, pad: usize) {
     let topology = Topology::declare(&format!("crash.{ack}"), &[]).await;
@@ -89,13 +27,16 @@ async fn crash_and_restart(ack: &'static str, kill: bool, pad: usize) {
 
     let mut relay = RelayProcess::start(&config);
     let stop = tokio_util::sync::CancellationToken::new();
-    let (acked, senders) = load(relay.addr, stop.clone(), pad);
+    let load = support::load::Load::start(relay.addr, stop.clone(), pad);
     let enough = if pad == 0 {
         ACKED_BEFORE_SIGNAL
     } else {
         LARGE_ACKED_BEFORE_SIGNAL
     };
-    wait_for_acks(&acked, enough).await;
+    support::eventually("enough deliveries were acknowledged", || {
+        load.count() >= enough
+    })
+    .await;
     if kill {
         relay.child.0.kill().expect("SIGKILL");
         relay.child.0.wait().expect("reaped");
@@ -106,10 +47,7 @@ async fn crash_and_restart(ack: &'static str, kill: bool, pad: usize) {
     }
     stop.cancel();
     // The senders see the relay gone; what they got answered is final.
-    tokio::time::timeout(support::WAIT, senders.join_all())
-        .await
-        .expect("every sender saw the relay go");
-    let acked = acked.lock().expect("lock").clone();
+    let acked = load.finish().await;
 
     // Restart on the same store: whatever was pending is published again, byte-identical
     // (`arrivals` checks the bytes); duplicates are allowed (same message_id).

@@ -13,15 +13,12 @@ mod support;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use powerfs::{Image, Metadata, PowerFs, StoreMount};
-use support::{Options, PATH, RelayProcess, SECRET, Topology, event_body, now, sign, unique};
+use support::{Options, PATH, RelayProcess, SECRET, Topology, now, sign, unique};
 
-/// Concurrent senders: enough that a cut lands with requests in every stage.
-const CLIENTS: usize = 16;
 /// 2xx answers collected before the cut (a few flush rounds at least).
 const ACKED_BEFORE_CUT: usize = 200;
 /// Padding per body: several 4 KiB blocks per event, so torn blocks hit event data.
@@ -32,64 +29,6 @@ const PAD: usize = 6 * 1024;
 const IDLE_TORN_IMAGES: u64 = 6;
 /// Nothing listens here: a broker "away" during the first run.
 const NO_BROKER: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
-
-type Acked = Arc<Mutex<HashMap<String, Bytes>>>;
-
-fn body_for(id: &str, pad: usize) -> String {
-    let body = event_body(id, "gate_session.completed");
-    let open = body.rfind('}').expect("a JSON object");
-    format!(r#"{},"pad":"{}"}}"#, &body[..open], "x".repeat(pad))
-}
-
-/// Senders of distinct signed events, and the ids that got a 2xx with their bodies.
-struct Load {
-    acked: Acked,
-    senders: tokio::task::JoinSet<()>,
-}
-
-impl Load {
-    /// Sends from CLIENTS tasks until `stop` or until the relay goes away. A request in hand is
-    /// never abandoned for `stop`: a 2xx that arrived is always counted as acknowledged.
-    fn start(addr: SocketAddr, stop: tokio_util::sync::CancellationToken, pad: usize) -> Self {
-        let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
-        let mut senders = tokio::task::JoinSet::new();
-        let url = format!("http://{addr}{PATH}");
-        for _ in 0..CLIENTS {
-            let (acked, url, stop) = (Arc::clone(&acked), url.clone(), stop.clone());
-            let client = support::http_client();
-            senders.spawn(async move {
-                while !stop.is_cancelled() {
-                    let id = unique("evt");
-                    let body = Bytes::from(body_for(&id, pad));
-                    let request = http::Request::post(&url)
-                        .header("Gate-Signature", sign(SECRET, now(), &body))
-                        .body(http_body_util::Full::new(body.clone()))
-                        .expect("request");
-                    match client.request(request).await {
-                        Ok(response) if response.status().is_success() => {
-                            acked.lock().expect("lock").insert(id, body);
-                        }
-                        Ok(_) => {}
-                        Err(_) => break, // the relay is gone
-                    }
-                }
-            });
-        }
-        Self { acked, senders }
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().expect("lock").len()
-    }
-
-    /// Once the relay is dead: waits for every sender to see it, then what was acknowledged.
-    async fn finish(self) -> HashMap<String, Bytes> {
-        tokio::time::timeout(support::WAIT, self.senders.join_all())
-            .await
-            .expect("every sender saw the relay die");
-        self.acked.lock().expect("lock").clone()
-    }
-}
 
 /// Every acknowledged id reaches the queue byte-identical; returns the duplicates seen. On a
 /// loss, prints what the restarted relay's admin API says of the outbox and the first lost id.
@@ -178,7 +117,7 @@ async fn cut_power_and_restart(case: Case) {
     let config = write_config(dir.path(), &store, &topology.exchange, case.ack, first_url);
     let mut relay = RelayProcess::start(&config);
     let stop = tokio_util::sync::CancellationToken::new();
-    let load = (!case.idle).then(|| Load::start(relay.addr, stop.clone(), PAD));
+    let load = (!case.idle).then(|| support::load::Load::start(relay.addr, stop.clone(), PAD));
     if let Some(load) = &load {
         support::eventually("enough deliveries were acknowledged", || {
             load.count() >= ACKED_BEFORE_CUT
@@ -392,7 +331,7 @@ async fn torn_power_cuts_over_many_cycles_of_large_bodies_lose_nothing_acknowled
         }
         let mut relay = RelayProcess::start(&config);
         let stop = tokio_util::sync::CancellationToken::new();
-        let load = Load::start(relay.addr, stop.clone(), CYCLE_PAD);
+        let load = support::load::Load::start(relay.addr, stop.clone(), CYCLE_PAD);
         // 600 bodies of 48 KiB take 15-25 s on 2 busy cores, past `support::WAIT`.
         let deadline = tokio::time::Instant::now() + CYCLE_LOAD_BOUND;
         while load.count() < CYCLE_EVENTS {
@@ -471,7 +410,7 @@ async fn sigterm_after_the_store_filesystem_failed_exits_1_within_the_shutdown_b
     let client = support::http_client();
     let url = format!("http://{}{PATH}", relay.addr);
     let send = |id: String| {
-        let body = Bytes::from(body_for(&id, 0));
+        let body = Bytes::from(support::load::padded_body(&id, 0));
         let request = http::Request::post(&url)
             .header("Gate-Signature", sign(SECRET, now(), &body))
             .body(http_body_util::Full::new(body))

@@ -32,7 +32,7 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use powerfs::{Metadata, PowerFs, Rng, StoreMount};
 use support::rabbit_node::RabbitNode;
-use support::{Options, PATH, RelayProcess, SECRET, Topology, event_body, now, sign, unique};
+use support::{Options, PATH, RelayProcess, SECRET, Topology, now, sign, unique};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -119,15 +119,6 @@ fn hash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-fn body_for(id: &str, pad: usize) -> String {
-    let body = event_body(id, "gate_session.completed");
-    if pad == 0 {
-        return body;
-    }
-    let open = body.rfind('}').expect("a JSON object");
-    format!(r#"{},"pad":"{}"}}"#, &body[..open], "x".repeat(pad))
-}
-
 /// What the load generator saw.
 #[derive(Default)]
 struct Sent {
@@ -193,7 +184,7 @@ async fn load(
             tracker.spawn(async move {
                 let _permit = permit;
                 let id = unique("soak");
-                let body = Bytes::from(body_for(&id, pad));
+                let body = Bytes::from(support::load::padded_body(&id, pad));
                 let digest = hash(&body);
                 let request = http::Request::post(format!("http://{addr}{PATH}"))
                     .header("Gate-Signature", sign(SECRET, now(), &body))
@@ -874,7 +865,7 @@ fn report(
         settings.rate,
         settings.minutes,
         elapsed.as_secs_f64() / 60.0,
-        body_for("soak.0.0.0", settings.pad).len(),
+        support::load::padded_body("soak.0.0.0", settings.pad).len(),
         settings.retain_bodies,
     );
     let _ = writeln!(

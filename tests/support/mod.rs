@@ -5,6 +5,8 @@
     reason = "each test binary uses a different subset of the helpers"
 )]
 
+pub mod cli;
+pub mod load;
 pub mod rabbit_node;
 pub mod skip;
 
