@@ -676,4 +676,32 @@ mod tests {
             .collect();
         assert_eq!(left, ["young", "old-pending"]);
     }
+
+    #[test]
+    fn a_pass_with_a_batch_of_zero_still_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = std::sync::Arc::new(store(dir.path()));
+        admit(&store, "old", "a", 1_000);
+        publish_all(&store);
+        let retention = Retention {
+            bodies: Duration::from_millis(100),
+            events: Some(Duration::from_millis(100)),
+        };
+        let limits = PruneLimits {
+            batch: 0,
+            max_per_pass: 10,
+        };
+        // On a thread, so that a pass that never ends fails the test instead of hanging it.
+        let (done, finished) = std::sync::mpsc::channel();
+        let pruning = std::sync::Arc::clone(&store);
+        std::thread::spawn(move || {
+            let _ = done.send(
+                pruning
+                    .prune_pass(now_ms() + 1_000, retention, limits)
+                    .is_ok(),
+            );
+        });
+        let ended = finished.recv_timeout(Duration::from_secs(10));
+        assert_eq!(ended, Ok(true), "the pass ended, without an error");
+    }
 }
